@@ -1,0 +1,3 @@
+from bootlab.cli import main
+
+raise SystemExit(main())

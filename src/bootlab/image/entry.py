@@ -1,0 +1,128 @@
+"""The one entry model: a filesystem tree to build is a list of Entry values.
+
+Builders (busybox, guest agent, modules, user files) produce entries; writers (cpio newc, later
+ext4) consume them. Device nodes and ownership are plain fields, so nothing here needs root.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path, PurePosixPath
+
+
+class Kind(Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    CHAR = "char"
+    BLOCK = "block"
+    FIFO = "fifo"
+    SOCKET = "socket"
+
+    @property
+    def type_bits(self) -> int:
+        return {
+            Kind.FILE: stat.S_IFREG,
+            Kind.DIR: stat.S_IFDIR,
+            Kind.SYMLINK: stat.S_IFLNK,
+            Kind.CHAR: stat.S_IFCHR,
+            Kind.BLOCK: stat.S_IFBLK,
+            Kind.FIFO: stat.S_IFIFO,
+            Kind.SOCKET: stat.S_IFSOCK,
+        }[self]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One node of a tree. `path` is relative to the root, with no leading slash."""
+
+    path: str
+    kind: Kind
+    mode: int = 0o644  # permission bits only; the type comes from `kind`
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    data: bytes | None = None  # file contents held in memory
+    source: Path | None = None  # or read from this host file when written
+    target: str | None = None  # symlink target
+    rdev: tuple[int, int] = (0, 0)  # (major, minor) for device nodes
+
+    def __post_init__(self) -> None:
+        p = PurePosixPath(self.path)
+        if p.is_absolute() or ".." in p.parts or not self.path or self.path.startswith("./"):
+            raise ValueError(f"entry path must be relative and inside the tree: {self.path!r}")
+
+    def read(self) -> bytes:
+        if self.kind is Kind.SYMLINK:
+            return (self.target or "").encode()
+        if self.kind is not Kind.FILE:
+            return b""
+        if self.data is not None:
+            return self.data
+        if self.source is not None:
+            return self.source.read_bytes()
+        return b""
+
+
+def directory(path: str, mode: int = 0o755) -> Entry:
+    return Entry(path, Kind.DIR, mode)
+
+
+def file(path: str, data: bytes, mode: int = 0o644) -> Entry:
+    return Entry(path, Kind.FILE, mode, data=data)
+
+
+def host_file(path: str, source: Path, mode: int | None = None) -> Entry:
+    if mode is None:
+        mode = stat.S_IMODE(source.stat().st_mode)
+    return Entry(path, Kind.FILE, mode, source=source)
+
+
+def symlink(path: str, target: str) -> Entry:
+    return Entry(path, Kind.SYMLINK, 0o777, target=target)
+
+
+def char_device(path: str, major: int, minor: int, mode: int = 0o600) -> Entry:
+    return Entry(path, Kind.CHAR, mode, rdev=(major, minor))
+
+
+@dataclass
+class Tree:
+    """Entries keyed by path, with parent directories filled in; later additions win."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+
+    def add(self, entry: Entry) -> None:
+        parent = PurePosixPath(entry.path).parent
+        while str(parent) != ".":
+            key = str(parent)
+            if key not in self.entries:
+                self.entries[key] = directory(key)
+            parent = parent.parent
+        self.entries[entry.path] = entry
+
+    def extend(self, entries: list[Entry]) -> None:
+        for e in entries:
+            self.add(e)
+
+    def sorted(self) -> list[Entry]:
+        """Stable order (parents before children) so identical input gives identical archives."""
+        return [self.entries[k] for k in sorted(self.entries, key=lambda p: PurePosixPath(p).parts)]
+
+
+def fingerprint(entries: list[Entry]) -> list[object]:
+    """Everything that determines the written bytes, cheaply: host files by identity, not content."""
+    out: list[object] = []
+    for e in entries:
+        src: object = None
+        if e.source is not None:
+            st = e.source.stat()
+            src = [str(e.source), st.st_size, st.st_mtime_ns, st.st_ino]
+        elif e.data is not None:
+            import hashlib
+
+            src = hashlib.sha256(e.data).hexdigest()
+        out.append([e.path, e.kind.value, e.mode, e.uid, e.gid, e.mtime, src, e.target, list(e.rdev)])
+    return out

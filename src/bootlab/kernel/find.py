@@ -1,0 +1,57 @@
+"""Finding a kernel to boot, and the form of it that boots fastest."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootlab import cache
+from bootlab.errors import BadInput
+from bootlab.kernel import image
+from bootlab.kernel.image import KernelFormat, KernelImage
+
+BOOT_DIR = Path("/boot")
+
+
+def _version_key(name: str) -> list[object]:
+    # Natural order on the numeric parts: 6.1.0-10 sorts before 6.1.0-9 lexically, not here.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def default_kernel(boot_dir: Path = BOOT_DIR) -> Path:
+    """The newest /boot/vmlinuz-*, like a boot loader's default entry."""
+    candidates = sorted(boot_dir.glob("vmlinuz-*"), key=lambda p: _version_key(p.name))
+    if not candidates:
+        raise BadInput(f"no kernel found in {boot_dir}: install one (apt-get install linux-image-amd64) "
+                       "or pass --kernel PATH")
+    return candidates[-1]
+
+
+@dataclass(frozen=True)
+class BootableKernel:
+    """The file QEMU will load, and the image it came from."""
+
+    image: KernelImage
+    boot_path: Path  # an extracted PVH vmlinux when that is possible, else the original file
+    pvh: bool
+
+
+def bootable(path: Path, *, prefer_pvh: bool = True) -> BootableKernel:
+    """Prefer the uncompressed PVH ELF: under TCG it skips SeaBIOS and the decompressor (>2 s)."""
+    img = image.inspect(path)
+    if img.format is KernelFormat.ELF:
+        return BootableKernel(img, path, img.has_pvh_note)
+    if img.format is KernelFormat.BZIMAGE and prefer_pvh:
+        vmlinux = cache.cached("vmlinux", cache.key("vmlinux-v1", cache.file_identity(path)),
+                               lambda tmp: tmp.write_bytes(image.extract_vmlinux(path)))
+        if image.has_pvh_note(vmlinux):
+            return BootableKernel(img, vmlinux, True)
+    return BootableKernel(img, path, False)
+
+
+def modules_dir(release: str | None, root: Path = Path("/")) -> Path | None:
+    if not release:
+        return None
+    d = root / "lib" / "modules" / release
+    return d if (d / "modules.dep").exists() else None

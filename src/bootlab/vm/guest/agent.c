@@ -1,0 +1,570 @@
+/*
+ * bootlab guest agent: PID 1 of bootlab's initramfs.
+ *
+ * It mounts the basic filesystems, loads the modules listed in /etc/bootlab/modules (in order,
+ * with finit_module, so no process is forked per module), then either gives the console an
+ * interactive shell (kernel argument bootlab.shell) or serves the host over a virtio-serial port.
+ *
+ * Wire format, both directions: a 12-byte header {u32 type, u32 id, u32 length} in little-endian,
+ * then `length` payload bytes. See bootlab/vm/protocol.py for the host side; keep them in step.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum {
+	/* host -> guest */
+	T_EXEC = 1, T_STDIN = 2, T_SIGNAL = 3, T_SHUTDOWN = 4,
+	/* guest -> host */
+	T_READY = 101, T_STDOUT = 102, T_STDERR = 103, T_EXIT = 104, T_EXEC_ERROR = 105,
+	T_LOG = 106,
+};
+
+#define EXEC_STDIN 1u /* the host will send stdin frames; otherwise stdin is /dev/null */
+#define MAX_FRAME (1u << 20)
+#define CHUNK (256u << 10)
+
+static int port = -1;
+static char *frame; /* reused payload buffer */
+static char chunk[CHUNK];
+
+static void say(const char *fmt, ...)
+{
+	/* Messages go to the kernel log, so they land in the console log beside the kernel's. */
+	char buf[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	int fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		fd = open("/dev/console", O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		char line[600];
+		int m = snprintf(line, sizeof line, "bootlab-agent: %.*s\n", n, buf);
+		if (write(fd, line, m) < 0) { /* nothing more we can do */ }
+		close(fd);
+	}
+}
+
+static void power_off(void)
+{
+	sync();
+	/* With QEMU's -no-reboot a restart ends the VM at once; an ACPI power-off is slower. */
+	reboot(RB_AUTOBOOT);
+	for (;;)
+		pause();
+}
+
+static void write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			say("write to host failed: %s", strerror(errno));
+			power_off();
+		}
+		p += n;
+		len -= n;
+	}
+}
+
+static void send_frame(uint32_t type, uint32_t id, const void *data, uint32_t len)
+{
+	uint32_t head[3] = {type, id, len};
+	struct iovec iov[2] = {{head, sizeof head}, {(void *)data, len}};
+	ssize_t n = writev(port, iov, len ? 2 : 1);
+	if (n == (ssize_t)(sizeof head + len))
+		return;
+	/* short write: finish it piecewise */
+	size_t done = n < 0 ? 0 : (size_t)n;
+	if (done < sizeof head) {
+		write_all(port, (char *)head + done, sizeof head - done);
+		done = sizeof head;
+	}
+	write_all(port, (const char *)data + (done - sizeof head), len - (done - sizeof head));
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Read one frame from the host; returns -1 when the host has gone away. */
+static int recv_frame(uint32_t *type, uint32_t *id, uint32_t *len)
+{
+	uint32_t head[3];
+	if (read_full(port, head, sizeof head))
+		return -1;
+	*type = head[0];
+	*id = head[1];
+	*len = head[2];
+	if (*len > MAX_FRAME) {
+		say("frame too large (%u bytes); protocol out of step", *len);
+		return -1;
+	}
+	return read_full(port, frame, *len);
+}
+
+static void mount_basics(void)
+{
+	mkdir("/proc", 0555);
+	mkdir("/sys", 0555);
+	mkdir("/dev", 0755);
+	mkdir("/tmp", 01777);
+	mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, NULL);
+	mkdir("/dev/pts", 0755);
+	mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "ptmxmode=0666");
+	mkdir("/dev/shm", 01777);
+	mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, NULL);
+	symlink("/proc/self/fd", "/dev/fd");
+	symlink("/proc/self/fd/0", "/dev/stdin");
+	symlink("/proc/self/fd/1", "/dev/stdout");
+	symlink("/proc/self/fd/2", "/dev/stderr");
+}
+
+static void load_modules(void)
+{
+	FILE *f = fopen("/etc/bootlab/modules", "re");
+	if (!f)
+		return;
+	char line[4096];
+	while (fgets(line, sizeof line, f)) {
+		line[strcspn(line, "\r\n")] = 0;
+		if (!line[0] || line[0] == '#')
+			continue;
+		int fd = open(line, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			say("module %s: %s", line, strerror(errno));
+			continue;
+		}
+		if (syscall(SYS_finit_module, fd, "", 0) && errno != EEXIST)
+			say("loading module %s failed: %s", line, strerror(errno));
+		close(fd);
+	}
+	fclose(f);
+}
+
+static int cmdline_has(const char *word)
+{
+	static char buf[4096];
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	size_t wl = strlen(word);
+	for (char *p = buf; (p = strstr(p, word)); p += wl) {
+		int starts = p == buf || p[-1] == ' ';
+		char end = p[wl];
+		if (starts && (end == 0 || end == ' ' || end == '\n' || end == '='))
+			return 1;
+	}
+	return 0;
+}
+
+static void interactive_shell(void)
+{
+	/* /dev/console cannot be a controlling terminal; the active console device can. */
+	char name[64] = "console", path[80];
+	int fd = open("/sys/class/tty/console/active", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t n = read(fd, name, sizeof name - 1);
+		close(fd);
+		if (n > 0) {
+			name[n] = 0;
+			char *last = strrchr(name, ' ');
+			char *dev = last ? last + 1 : name;
+			dev[strcspn(dev, "\n")] = 0;
+			memmove(name, dev, strlen(dev) + 1);
+		}
+	}
+	snprintf(path, sizeof path, "/dev/%s", name);
+	pid_t pid = fork();
+	if (pid == 0) {
+		setsid();
+		int tty = open(path, O_RDWR);
+		if (tty < 0)
+			tty = open("/dev/console", O_RDWR);
+		ioctl(tty, TIOCSCTTY, 1);
+		dup2(tty, 0);
+		dup2(tty, 1);
+		dup2(tty, 2);
+		if (tty > 2)
+			close(tty);
+		if (chdir("/root") != 0 && chdir("/") != 0) { /* stay where we are */ }
+		setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+		setenv("HOME", "/root", 1);
+		setenv("TERM", "linux", 0);
+		setenv("PS1", "bootlab:\\w# ", 1);
+		execl("/bin/sh", "-sh", (char *)NULL);
+		_exit(127);
+	}
+	int st;
+	while (pid > 0 && waitpid(-1, &st, 0) != pid)
+		;
+	power_off();
+}
+
+/* ---- running one command at a time, streams multiplexed onto the port ---- */
+
+struct job {
+	uint32_t id;
+	pid_t pid;
+	int in, out, err; /* our ends of the child's pipes, -1 when closed */
+	int exited, status;
+	char *pending; /* stdin bytes not yet taken by the child */
+	size_t pending_len, pending_off;
+	int stdin_eof;
+};
+
+static struct job job = {.pid = -1, .in = -1, .out = -1, .err = -1};
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+static void start_job(uint32_t id, const char *p, uint32_t len)
+{
+	if (job.pid > 0) {
+		int32_t e = EBUSY; /* one command at a time; the host serialises */
+		send_frame(T_EXEC_ERROR, id, &e, 4);
+		return;
+	}
+	if (len < 12) {
+		int32_t e = EINVAL;
+		send_frame(T_EXEC_ERROR, id, &e, 4);
+		return;
+	}
+	uint32_t flags, argc, envc;
+	memcpy(&flags, p, 4);
+	memcpy(&argc, p + 4, 4);
+	memcpy(&envc, p + 8, 4);
+	const char *end = p + len, *s = p + 12;
+	char **argv = calloc(argc + 1, sizeof *argv), **envp = calloc(envc + 1, sizeof *envp);
+	const char *cwd = "/";
+	for (uint32_t i = 0; i < argc + envc + 1; i++) {
+		const char *z = memchr(s, 0, end - s);
+		if (!z) {
+			int32_t e = EINVAL;
+			send_frame(T_EXEC_ERROR, id, &e, 4);
+			free(argv);
+			free(envp);
+			return;
+		}
+		if (i < argc)
+			argv[i] = (char *)s;
+		else if (i < argc + envc)
+			envp[i - argc] = (char *)s;
+		else if (*s)
+			cwd = s;
+		s = z + 1;
+	}
+	int pin[2], pout[2], perr[2], pexec[2];
+	if (pipe2(pin, O_CLOEXEC) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC) ||
+	    pipe2(pexec, O_CLOEXEC)) {
+		int32_t e = errno;
+		send_frame(T_EXEC_ERROR, id, &e, 4);
+		return;
+	}
+	fcntl(pout[0], F_SETPIPE_SZ, 1 << 20);
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (!(flags & EXEC_STDIN)) {
+			int null = open("/dev/null", O_RDONLY);
+			dup2(null, pin[0]);
+		}
+		dup2(pin[0], 0);
+		dup2(pout[1], 1);
+		dup2(perr[1], 2);
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		setsid();
+		if (chdir(cwd)) {
+			int32_t e = errno;
+			if (write(pexec[1], &e, 4) < 0) { /* parent sees EOF */ }
+			_exit(126);
+		}
+		environ = envp;
+		execvp(argv[0], argv);
+		int32_t e = errno;
+		if (write(pexec[1], &e, 4) < 0) { /* parent sees EOF */ }
+		_exit(e == ENOENT ? 127 : 126);
+	}
+	close(pin[0]);
+	close(pout[1]);
+	close(perr[1]);
+	close(pexec[1]);
+	free(argv);
+	free(envp);
+	int32_t e = 0;
+	ssize_t n = pid < 0 ? -1 : read(pexec[0], &e, 4);
+	close(pexec[0]);
+	if (pid < 0 || n == 4) {
+		if (pid < 0)
+			e = errno;
+		send_frame(T_EXEC_ERROR, id, &e, 4);
+		close(pin[1]);
+		close(pout[0]);
+		close(perr[0]);
+		if (pid > 0)
+			waitpid(pid, NULL, 0);
+		return;
+	}
+	fcntl(pin[1], F_SETFL, O_NONBLOCK);
+	job = (struct job){.id = id, .pid = pid, .in = pin[1], .out = pout[0], .err = perr[0]};
+	if (!(flags & EXEC_STDIN)) {
+		close_fd(&job.in);
+		job.stdin_eof = 1;
+	}
+}
+
+static void feed_stdin(void)
+{
+	while (job.pending && job.pending_off < job.pending_len) {
+		ssize_t n = write(job.in, job.pending + job.pending_off, job.pending_len - job.pending_off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n < 0) { /* the child closed its stdin: drop the rest, like a pipe would */
+			job.pending_off = job.pending_len;
+			close_fd(&job.in);
+			break;
+		}
+		job.pending_off += n;
+	}
+	free(job.pending);
+	job.pending = NULL;
+	if (job.stdin_eof)
+		close_fd(&job.in);
+}
+
+static void on_stdin(uint32_t id, const char *data, uint32_t len)
+{
+	if (id != job.id || job.pid <= 0 || job.in < 0)
+		return; /* late stdin for a finished command */
+	if (len == 0) {
+		job.stdin_eof = 1;
+		if (!job.pending)
+			close_fd(&job.in);
+		return;
+	}
+	job.pending = malloc(len);
+	memcpy(job.pending, data, len);
+	job.pending_len = len;
+	job.pending_off = 0;
+	feed_stdin();
+}
+
+/* Move what the pipe holds now to the host; returns 0 at EOF. */
+static int pump(int *fd, uint32_t type, int drain)
+{
+	for (;;) {
+		ssize_t n = read(*fd, chunk, sizeof chunk);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return 1;
+		if (n <= 0) {
+			close_fd(fd);
+			return 0;
+		}
+		send_frame(type, job.id, chunk, n);
+		if (!drain)
+			return 1;
+	}
+}
+
+static void finish_job_if_done(void)
+{
+	if (job.pid <= 0 || !job.exited)
+		return;
+	/* The command has exited. Its pipes may still be held by background children: take what
+	 * was written before the exit, then stop listening rather than wait for them. */
+	if (job.out >= 0) {
+		fcntl(job.out, F_SETFL, O_NONBLOCK);
+		pump(&job.out, T_STDOUT, 1);
+	}
+	if (job.err >= 0) {
+		fcntl(job.err, F_SETFL, O_NONBLOCK);
+		pump(&job.err, T_STDERR, 1);
+	}
+	close_fd(&job.out);
+	close_fd(&job.err);
+	close_fd(&job.in);
+	free(job.pending);
+	int32_t result[2];
+	if (WIFSIGNALED(job.status)) {
+		result[0] = 1;
+		result[1] = WTERMSIG(job.status);
+	} else {
+		result[0] = 0;
+		result[1] = WEXITSTATUS(job.status);
+	}
+	send_frame(T_EXIT, job.id, result, sizeof result);
+	job = (struct job){.pid = -1, .in = -1, .out = -1, .err = -1};
+}
+
+static void reap(void)
+{
+	int st;
+	pid_t pid;
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		if (pid == job.pid) {
+			job.exited = 1;
+			job.status = st;
+		}
+	}
+}
+
+static int open_port(void)
+{
+	/* The port appears once virtio_console has probed; without udev there is no by-name link. */
+	const char *path = "/dev/vport0p1";
+	for (int i = 0; i < 2000; i++) {
+		int fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd >= 0)
+			return fd;
+		usleep(5000);
+	}
+	return -1;
+}
+
+static void serve(void)
+{
+	port = open_port();
+	if (port < 0) {
+		say("no virtio-serial port %s after 10 s: is virtio_console available?", "/dev/vport0p1");
+		power_off();
+	}
+	frame = malloc(MAX_FRAME);
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+
+	char release[256] = "";
+	int rfd = open("/proc/sys/kernel/osrelease", O_RDONLY | O_CLOEXEC);
+	if (rfd >= 0) {
+		ssize_t n = read(rfd, release, sizeof release - 1);
+		release[n > 0 ? n : 0] = 0;
+		release[strcspn(release, "\n")] = 0;
+		close(rfd);
+	}
+	send_frame(T_READY, 0, release, strlen(release));
+
+	for (;;) {
+		struct pollfd p[5];
+		int n = 0;
+		int want_port = !(job.pending);
+		p[n++] = (struct pollfd){.fd = want_port ? port : -1, .events = POLLIN};
+		p[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+		p[n++] = (struct pollfd){.fd = job.out, .events = POLLIN};
+		p[n++] = (struct pollfd){.fd = job.err, .events = POLLIN};
+		p[n++] = (struct pollfd){.fd = job.pending ? job.in : -1, .events = POLLOUT};
+		if (poll(p, n, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			say("poll: %s", strerror(errno));
+			power_off();
+		}
+		if (p[2].revents)
+			pump(&job.out, T_STDOUT, 0);
+		if (p[3].revents)
+			pump(&job.err, T_STDERR, 0);
+		if (p[4].revents)
+			feed_stdin();
+		if (p[1].revents) {
+			struct signalfd_siginfo si;
+			while (read(sfd, &si, sizeof si) > 0)
+				;
+			reap();
+		}
+		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			uint32_t type, id, len;
+			if (recv_frame(&type, &id, &len)) {
+				say("host went away; powering off");
+				power_off();
+			}
+			switch (type) {
+			case T_EXEC:
+				start_job(id, frame, len);
+				break;
+			case T_STDIN:
+				on_stdin(id, frame, len);
+				break;
+			case T_SIGNAL:
+				if (len == 4 && id == job.id && job.pid > 0) {
+					int32_t sig;
+					memcpy(&sig, frame, 4);
+					kill(-job.pid, sig);
+				}
+				break;
+			case T_SHUTDOWN:
+				if (job.pid > 0)
+					kill(-job.pid, SIGKILL);
+				power_off();
+				break;
+			default:
+				say("unknown frame type %u", type);
+			}
+		}
+		finish_job_if_done();
+	}
+}
+
+int main(void)
+{
+	if (getpid() != 1) {
+		fprintf(stderr, "bootlab-agent: runs as PID 1 of a bootlab guest\n");
+		return 2;
+	}
+	mount_basics();
+	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+	load_modules();
+	if (cmdline_has("bootlab.shell"))
+		interactive_shell();
+	serve();
+	return 0;
+}

@@ -1,0 +1,50 @@
+"""A QEMU virtual machine described as data; `argv()` renders it to a list, never a shell string."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bootlab.vm.arch import Arch
+
+AGENT_PORT_NAME = "org.bootlab.agent"
+
+
+def _opt(value: str | Path) -> str:
+    """QEMU's option syntax doubles commas inside a value."""
+    return str(value).replace(",", ",,")
+
+
+@dataclass
+class Machine:
+    arch: Arch
+    kernel: Path
+    console_log: Path
+    initrd: Path | None = None
+    append: list[str] = field(default_factory=list)
+    memory: str = "512M"
+    cpus: int = 1
+    accel: str = "tcg"
+    console_stdio: bool = False  # also show the console on QEMU's stdio (interactive use, -v)
+    agent_socket: str | None = None  # abstract unix socket the agent's port connects to
+    extra_args: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        a = self.arch
+        argv = [a.qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-M", a.machine, "-accel", self.accel, "-m", self.memory, "-smp", str(self.cpus)]
+        if a.cpu and self.accel == "tcg":
+            argv += ["-cpu", a.cpu]
+        argv += ["-kernel", str(self.kernel), "-append", " ".join(self.append)]
+        if self.initrd is not None:
+            argv += ["-initrd", str(self.initrd)]
+        if self.console_stdio:
+            console = f"stdio,id=console,signal=off,logfile={_opt(self.console_log)}"
+        else:
+            console = f"file,id=console,path={_opt(self.console_log)}"
+        argv += ["-chardev", console, "-serial", "chardev:console"]
+        if self.agent_socket is not None:
+            argv += ["-device", a.serial_device,
+                     "-chardev", f"socket,id=agent,path={_opt(self.agent_socket)},abstract=on",
+                     "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}"]
+        return argv + self.extra_args

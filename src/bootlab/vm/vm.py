@@ -1,0 +1,359 @@
+"""bootlab.VM: boot a kernel once, run many commands in it, move files in and out.
+
+    with bootlab.VM(kernel="/boot/vmlinuz-6.1.0-56-amd64") as vm:
+        r = vm.run(["uname", "-r"])
+        print(r.returncode, r.stdout)
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import signal as signals
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Sequence, Union
+
+from bootlab import cache
+from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
+from bootlab.image import busybox as bb
+from bootlab.image import guest
+from bootlab.kernel import find
+from bootlab.kernel.modules import ModuleIndex
+from bootlab.vm import accel as accel_mod
+from bootlab.vm import arch as arch_mod
+from bootlab.vm.agent_build import agent_binary
+from bootlab.vm.machine import Machine
+from bootlab.vm.protocol import STDIN_CHUNK, Channel, Frame, T, decode_exec_error, decode_exit, encode, encode_exec
+from bootlab.vm.session import Session
+
+Sink = Union[Callable[[bytes], object], BinaryIO, None]
+Input = Union[bytes, BinaryIO, None]
+
+DEFAULT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "TERM": "dumb",
+}
+LOGS_KEPT = 50
+
+
+@dataclass
+class RunResult:
+    """A finished guest command. `returncode` follows the shell: 128+N when killed by signal N,
+    126 when the command could not be executed, 127 when it was not found."""
+
+    returncode: int
+    stdout: bytes | None
+    stderr: bytes | None
+    signal: int | None = None
+    exec_errno: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass
+class _Job:
+    id: int
+    on_stdout: Callable[[bytes], object]
+    on_stderr: Callable[[bytes], object]
+    done: threading.Event = field(default_factory=threading.Event)
+    frame: Frame | None = None  # the EXIT or EXEC_ERROR frame
+
+
+def _sink(target: Sink, collected: list[bytes]) -> Callable[[bytes], object]:
+    if target is None:
+        return collected.append
+    if callable(target):
+        return target
+
+    def write(data: bytes) -> None:
+        target.write(data)  # type: ignore[union-attr]
+        target.flush()  # type: ignore[union-attr]
+
+    return write
+
+
+def new_console_log() -> Path:
+    """A fresh console log file under the cache; old ones beyond LOGS_KEPT are removed."""
+    logs = cache.root() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    old = sorted(logs.glob("console-*.log"))
+    for p in old[: max(0, len(old) - LOGS_KEPT + 1)]:
+        p.unlink(missing_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return logs / f"console-{stamp}-{os.getpid()}.log"
+
+
+class VM:
+    """A booted guest with bootlab's agent as PID 1. See the module docstring for use."""
+
+    def __init__(self, kernel: str | Path | None = None, *, arch: str | None = None,
+                 memory: str = "512M", cpus: int = 1, accel: str = "auto",
+                 append: Sequence[str] = (), modules: Sequence[str] = (),
+                 busybox: str | Path | None = None, console_log: str | Path | None = None,
+                 live_console: bool = False, boot_timeout: float = 120.0,
+                 interactive: bool = False) -> None:
+        self.arch = arch_mod.get(arch)
+        self.kernel_path = Path(kernel) if kernel is not None else find.default_kernel()
+        self.memory = memory
+        self.cpus = cpus
+        self.accel_requested = accel
+        self.user_append = list(append)
+        self.user_modules = list(modules)
+        self.busybox = Path(busybox) if busybox is not None else None
+        self.console_log = Path(console_log) if console_log is not None else new_console_log()
+        self.live_console = live_console
+        self.boot_timeout = boot_timeout
+        self.interactive = interactive
+        self.accel: accel_mod.AccelChoice | None = None
+        self.release: str | None = None  # the guest's `uname -r`, once booted
+        self.boot_seconds: float | None = None
+        self._session: Session | None = None
+        self._channel: Channel | None = None
+        self._reader: threading.Thread | None = None
+        self._job: _Job | None = None
+        self._ids = 0
+        self._dead = threading.Event()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+
+    # ---- building what to boot ----
+
+    def machine(self) -> Machine:
+        """Everything resolved and built, but nothing started: what --dry-run prints."""
+        if self.cpus < 1:
+            raise BadInput(f"--cpus {self.cpus}: must be at least 1")
+        kernel = find.bootable(self.kernel_path)
+        if kernel.image.format.name == "BZIMAGE" and not kernel.pvh and self.arch.name == "x86_64":
+            raise BadInput(f"kernel {self.kernel_path}: has no PVH entry (CONFIG_PVH); "
+                           "bootlab's microvm machine needs it")
+        initrd = self._initramfs(kernel.image.release)
+        self.accel = accel_mod.choose(self.accel_requested, self.arch, kernel.boot_path)
+        append = [f"console={self.arch.console}", "panic=-1", "rdinit=/init", *self.arch.kernel_args]
+        khz = arch_mod.host_tsc_khz() if self.arch.tcg_tsc_hint and self.accel.name == "tcg" else None
+        if khz and self.arch.name == arch_mod.host_arch():
+            append.append(f"tsc_early_khz={khz}")
+        if self.interactive:
+            append.append("bootlab.shell")
+        append += self.user_append
+        return Machine(arch=self.arch, kernel=kernel.boot_path, console_log=self.console_log,
+                       initrd=initrd, append=append, memory=self.memory, cpus=self.cpus,
+                       accel=self.accel.name, console_stdio=self.interactive or self.live_console)
+
+    def _initramfs(self, release: str | None) -> Path:
+        mods_root = find.modules_dir(release)
+        paths: list[str] = []
+        wanted = [*self.arch.virtio_bus_modules, "virtio_console", *self.user_modules]
+        if mods_root is not None:
+            paths = ModuleIndex.load(mods_root).closure(wanted)
+        elif self.user_modules:
+            raise BadInput(f"no /lib/modules/{release} for kernel {self.kernel_path}: cannot add "
+                           f"modules {', '.join(self.user_modules)}")
+        spec = guest.GuestSpec(agent=agent_binary(self.arch), busybox=bb.find_busybox(self.busybox),
+                               modules_root=mods_root, module_paths=paths)
+        return guest.build(spec)
+
+    # ---- lifecycle ----
+
+    def start(self) -> "VM":
+        t0 = time.monotonic()
+        machine = self.machine()
+        self._session = Session(machine, interactive=self.interactive, live_console=self.live_console)
+        self._session.start()
+        if self.interactive:
+            return self
+        deadline = t0 + self.boot_timeout
+        self._channel = self._session.connect_agent(deadline)
+        if self._channel is not None:
+            self._reader = threading.Thread(target=self._read_frames, daemon=True)
+            self._reader.start()
+            while not self._ready.wait(0.1):
+                if self._dead.is_set() or time.monotonic() > deadline:
+                    break
+        if not self._ready.is_set():
+            if time.monotonic() > deadline and not self._dead.is_set() and self._session.wait(0) is None:
+                self.close()
+                raise Timeout(f"the guest did not answer within {self.boot_timeout:g} s "
+                              f"(console log: {self.console_log})")
+            self._fail("the VM stopped before its agent started")
+        self.boot_seconds = time.monotonic() - t0
+        return self
+
+    def wait_interactive(self) -> int:
+        """For interactive sessions: wait until the guest powers off; QEMU's exit status."""
+        assert self._session is not None and self._session.proc is not None
+        return self._session.proc.wait()
+
+    def _read_frames(self) -> None:
+        assert self._channel is not None
+        try:
+            while True:
+                frame = self._channel.recv()
+                if frame is None:
+                    break
+                self._dispatch(frame)
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            self._dead.set()
+            job = self._job
+            if job is not None:
+                job.done.set()
+
+    def _dispatch(self, f: Frame) -> None:
+        if f.type == T.READY:
+            self.release = f.payload.decode(errors="replace")
+            self._ready.set()
+            return
+        job = self._job
+        if job is None or f.id != job.id:
+            return
+        if f.type == T.STDOUT:
+            job.on_stdout(f.payload)
+        elif f.type == T.STDERR:
+            job.on_stderr(f.payload)
+        elif f.type in (T.EXIT, T.EXEC_ERROR):
+            job.frame = f
+            job.done.set()
+
+    def _fail(self, what: str) -> None:
+        """Stop everything and raise VMFailed with the console's explanation."""
+        session = self._session
+        if session is not None:
+            session.wait(2)
+        qemu_error = session.qemu_error() if session is not None else None
+        self.close()
+        from bootlab.analysis.console import OutcomeKind, analyze
+
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            text = ""
+        outcome = analyze(text)
+        if outcome.kind is not OutcomeKind.UNKNOWN and outcome.kind is not OutcomeKind.OK:
+            reason = outcome.reason
+        elif qemu_error:
+            reason = f"QEMU: {qemu_error}"
+        else:
+            reason = what
+        raise VMFailed(f"{reason} (console log: {self.console_log})", self.console_log, outcome)
+
+    def close(self) -> None:
+        """Power the guest off (quickly) and make sure QEMU is gone."""
+        if self._channel is not None and not self._dead.is_set():
+            try:
+                self._channel.send(encode(T.SHUTDOWN, 0), timeout=1.0)
+            except OSError:
+                pass
+        if self._session is not None:
+            if self._channel is not None:
+                self._session.wait(3)
+            self._session.close()
+        if self._channel is not None:
+            self._channel.sock.close()
+            self._channel = None
+
+    def __enter__(self) -> "VM":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- commands and files ----
+
+    def run(self, argv: Sequence[str], *, input: Input = None, stdout: Sink = None,
+            stderr: Sink = None, env: dict[str, str] | None = None, cwd: str = "/",
+            timeout: float | None = None) -> RunResult:
+        """Run one command in the guest. stdout/stderr: None collects bytes into the result, a
+        callable or binary file receives them as they arrive. Raises Timeout (after killing the
+        command) or VMFailed when the guest dies."""
+        if not argv:
+            raise BadInput("no command given")
+        if self._channel is None or self._dead.is_set():
+            raise BootlabError("the VM is not running")
+        with self._lock:
+            self._ids += 1
+            out: list[bytes] = []
+            err: list[bytes] = []
+            job = _Job(self._ids, _sink(stdout, out), _sink(stderr, err))
+            self._job = job
+            full_env = {**DEFAULT_ENV, **(env or {})}
+            self._channel.send(encode_exec(job.id, list(argv), full_env, cwd, input is not None))
+            if input is not None:
+                threading.Thread(target=self._feed, args=(job, input), daemon=True).start()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not job.done.wait(0.2 if deadline else None):
+                if deadline is not None and time.monotonic() > deadline:
+                    self._channel.send(encode(T.SIGNAL, job.id, int(signals.SIGKILL).to_bytes(4, "little")))
+                    job.done.wait(5)
+                    self._job = None
+                    raise Timeout(f"command {argv[0]!r} did not finish within {timeout:g} s")
+            self._job = None
+            if job.frame is None:
+                self._fail("the VM stopped while the command ran")
+            assert job.frame is not None
+            result = self._result(job.frame, out if stdout is None else None,
+                                  err if stderr is None else None)
+            return result
+
+    @staticmethod
+    def _result(f: Frame, out: list[bytes] | None, err: list[bytes] | None) -> RunResult:
+        so = b"".join(out) if out is not None else None
+        se = b"".join(err) if err is not None else None
+        if f.type == T.EXEC_ERROR:
+            e = decode_exec_error(f.payload)
+            return RunResult(127 if e == errno.ENOENT else 126, so, se, exec_errno=e)
+        signaled, value = decode_exit(f.payload)
+        if signaled:
+            return RunResult(128 + value, so, se, signal=value)
+        return RunResult(value, so, se)
+
+    def _feed(self, job: _Job, source: Input) -> None:
+        assert self._channel is not None
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                data = memoryview(source)
+                for i in range(0, len(data), STDIN_CHUNK):
+                    if job.done.is_set():
+                        return
+                    self._channel.send(encode(T.STDIN, job.id, bytes(data[i:i + STDIN_CHUNK])))
+            else:
+                read = getattr(source, "read1", None) or source.read  # type: ignore[union-attr]
+                while not job.done.is_set():
+                    chunk = read(STDIN_CHUNK)
+                    if not chunk:
+                        break
+                    self._channel.send(encode(T.STDIN, job.id, chunk))
+            if not job.done.is_set():
+                self._channel.send(encode(T.STDIN, job.id))
+        except (OSError, ValueError):
+            pass  # the VM went away; the reader thread reports it
+
+    def put(self, data_or_path: bytes | str | Path, dest: str, mode: int = 0o644) -> None:
+        """Write a file in the guest from bytes or a host file."""
+        if isinstance(data_or_path, (bytes, bytearray)):
+            src: Input = bytes(data_or_path)
+            r = self.run(["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "put", dest, f"{mode:o}"], input=src)
+        else:
+            with open(data_or_path, "rb") as f:
+                r = self.run(["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "put", dest, f"{mode:o}"],
+                             input=f)
+        if not r.ok:
+            raise BootlabError(f"writing {dest} in the guest failed: {(r.stderr or b'').decode(errors='replace').strip()}")
+
+    def get(self, path: str, dest: str | Path | None = None) -> bytes | None:
+        """Read a guest file: its bytes, or streamed into the host file `dest`."""
+        if dest is None:
+            r = self.run(["cat", "--", path])
+        else:
+            with open(dest, "wb") as f:
+                r = self.run(["cat", "--", path], stdout=f)
+        if not r.ok:
+            raise BootlabError(f"reading {path} in the guest failed: {(r.stderr or b'').decode(errors='replace').strip()}")
+        return r.stdout
