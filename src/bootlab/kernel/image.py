@@ -85,7 +85,10 @@ def inspect(path: Path) -> KernelImage:
         raise BadInput(f"kernel {path}: permission denied (Debian's /boot/vmlinuz-* is root-only: "
                        f"copy it or `chmod o+r` it)") from None
     if head.startswith(_ELF_MAGIC):
-        return KernelImage(path, KernelFormat.ELF, _elf_version(path), has_pvh_note=has_pvh_note(path))
+        version = _elf_version(path)
+        if version is None:
+            raise BadInput(f"kernel {path}: an ELF file but not a Linux kernel (no version banner)")
+        return KernelImage(path, KernelFormat.ELF, version, has_pvh_note=has_pvh_note(path))
     if len(head) >= 0x250 and head[_HEADER_MAGIC:_HEADER_MAGIC + 4] == b"HdrS" \
             and head[_BOOT_FLAG:_BOOT_FLAG + 2] == b"\x55\xaa":
         return _inspect_bzimage(path, head)
@@ -131,6 +134,11 @@ def extract_vmlinux(path: Path) -> bytes:
         elf = _decompress(codec, payload)
     except (OSError, ValueError, lzma.LZMAError, zlib.error, EOFError) as e:
         raise BadInput(f"kernel {path}: corrupt {codec} payload ({e})") from None
+    # The kernel build appends the uncompressed size as the payload's last 4 bytes.
+    (expected,) = struct.unpack("<I", payload[-4:]) if len(payload) >= 4 else (-1,)
+    if len(elf) != expected:
+        raise BadInput(f"kernel {path}: corrupt or truncated {codec} payload "
+                       f"({len(elf)} bytes decompressed, {expected} expected)")
     if not elf.startswith(_ELF_MAGIC):
         raise BadInput(f"kernel {path}: payload is not an ELF vmlinux")
     return elf
@@ -138,17 +146,24 @@ def extract_vmlinux(path: Path) -> bytes:
 
 def _decompress(codec: str | None, payload: bytes) -> bytes:
     if codec == "gzip":
-        return zlib.decompressobj(wbits=31).decompress(payload)
-    if codec == "xz":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
-    if codec == "lzma":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload)
-    if codec == "bzip2":
-        return bz2.BZ2Decompressor().decompress(payload)
-    if codec == "zstd":
+        d: object = zlib.decompressobj(wbits=31)
+    elif codec == "xz":
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    elif codec == "lzma":
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+    elif codec == "bzip2":
+        d = bz2.BZ2Decompressor()
+    elif codec == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress(payload)
+        d = zstandard.ZstdDecompressor().decompressobj()
+    else:
+        d = None
+    if d is not None:
+        out = d.decompress(payload)  # type: ignore[attr-defined]
+        if not getattr(d, "eof", True):
+            raise EOFError("the compressed stream ends early")
+        return out
     if codec == "lz4":
         return _lz4_legacy(payload)
     raise ValueError(f"unsupported kernel payload compression: {codec}")

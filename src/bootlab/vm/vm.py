@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import secrets
 import signal as signals
 import threading
 import time
@@ -144,7 +145,8 @@ class VM:
         append += self.user_append
         return Machine(arch=self.arch, kernel=kernel.boot_path, console_log=self.console_log,
                        initrd=initrd, append=append, memory=self.memory, cpus=self.cpus,
-                       accel=self.accel.name, console_stdio=self.interactive or self.live_console)
+                       accel=self.accel.name, console_stdio=self.interactive or self.live_console,
+                       agent_socket=None if self.interactive else f"bootlab-{os.getpid()}-{secrets.token_hex(6)}")
 
     def _initramfs(self, release: str | None) -> Path:
         mods_root = find.modules_dir(release)

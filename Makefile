@@ -1,0 +1,29 @@
+# `make run`: install what is missing, then boot the default kernel and print the guest's uname -a.
+# `make test`: the same setup, then the whole test suite (real kernels under QEMU).
+VENV   := .venv
+PYTHON ?= python3
+
+.PHONY: run test setup deps bench clean
+
+run: setup
+	$(VENV)/bin/bootlab run -- uname -a
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+setup: deps $(VENV)/.installed
+
+deps:
+	@scripts/ensure-deps
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+bench: setup
+	$(VENV)/bin/python bench/boot.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,194 @@
+"""The command line: parse, call the library, print, map outcomes to exit codes like `docker run`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from bootlab import __version__
+from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
+
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+EXIT_FAILED = 125
+
+RUN_EXAMPLES = """\
+examples:
+  bootlab run -- uname -a                    newest /boot kernel, busybox guest
+  bootlab run --kernel arch/x86/boot/bzImage -- dmesg
+  echo hi | bootlab run -- cat               host stdin is the command's stdin
+  bootlab run --module ext4 -- lsmod         load modules (and their dependencies) first
+  bootlab run                                an interactive shell; `exit` powers off
+  bootlab run --dry-run -- true              print the QEMU command line
+
+exit status: the command's own; 124 timeout; 125 the VM failed (panic, no init,
+QEMU error: the reason is printed); 126 not executable; 127 not found; 2 bad usage.
+"""
+
+
+def _memory(value: str) -> str:
+    if not re.fullmatch(r"\d+[KMGT]?", value, re.IGNORECASE):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size like 512M or 2G")
+    return value.upper()
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return int(value)
+
+
+def _seconds(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        s = -1
+    if not s > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return s
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line and status 2, like every other bad input."""
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bootlab", description="Boot and debug Linux kernels in QEMU: one line, rootless, fast.",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="examples:\n  bootlab run -- uname -a\n\nrun `bootlab run --help` for more.")
+    p.add_argument("--version", action="version", version=f"bootlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="boot a kernel and run a command in it",
+                         description="Boot a kernel with a minimal busybox guest and run CMD in it; "
+                                     "its stdout, stderr and exit status come back as if it ran here.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES)
+    run.add_argument("--kernel", type=Path, metavar="PATH",
+                     help="kernel image (bzImage or vmlinux); default: the newest /boot/vmlinuz-*")
+    run.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                     help="accelerator; auto uses KVM only if a quick probe shows it works (default: auto)")
+    run.add_argument("-m", "--memory", type=_memory, default="512M", help="guest memory (default: 512M)")
+    run.add_argument("--cpus", type=_positive_int, default=1, help="virtual CPUs (default: 1)")
+    run.add_argument("--append", action="append", default=[], metavar="ARGS",
+                     help="extra kernel command-line arguments (repeatable)")
+    run.add_argument("--module", action="append", default=[], metavar="NAME",
+                     help="load this kernel module and its dependencies before CMD (repeatable)")
+    run.add_argument("--busybox", type=Path, metavar="PATH", help="static busybox to use (default: /bin/busybox)")
+    run.add_argument("--timeout", type=_seconds, default=3600.0, metavar="SECONDS",
+                     help="give up after this long, boot included; exit status 124 (default: 3600)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show the kernel console live on stderr")
+    run.add_argument("--console-log", type=Path, metavar="FILE",
+                     help="save the kernel console here (default: a file under ~/.cache/bootlab/logs)")
+    run.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
+                     help="the command to run; none: an interactive shell on the console")
+    return p
+
+
+def _err(message: str) -> None:
+    print(f"bootlab: {message}", file=sys.stderr, flush=True)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bootlab.vm.vm import VM
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    append = [word for a in args.append for word in shlex.split(a)]
+    if args.console_log is not None:
+        if args.console_log.is_dir():
+            raise BadInput(f"--console-log {args.console_log}: is a directory")
+        if not args.console_log.parent.is_dir():
+            raise BadInput(f"--console-log {args.console_log}: directory {args.console_log.parent} does not exist")
+    vm = VM(args.kernel, memory=args.memory, cpus=args.cpus, accel=args.accel, append=append,
+            modules=args.module, busybox=args.busybox, console_log=args.console_log,
+            live_console=args.verbose, boot_timeout=args.timeout, interactive=not cmd)
+    if args.dry_run:
+        print(shlex.join(vm.machine().argv()))
+        return 0
+    if not cmd:
+        return _interactive(vm)
+    import time
+
+    start = time.monotonic()
+    with vm:
+        _notice(vm, args.verbose)
+        stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+        remaining = max(0.1, args.timeout - (time.monotonic() - start))
+        r = vm.run(cmd, input=stdin, stdout=out, stderr=err, timeout=remaining)
+    if r.exec_errno is not None:
+        import os
+
+        what = "command not found" if r.returncode == 127 else os.strerror(r.exec_errno).lower()
+        _err(f"{cmd[0]}: {what} in the guest")
+    return r.returncode
+
+
+def _notice(vm: object, verbose: bool) -> None:
+    accel = getattr(vm, "accel", None)
+    if accel is not None and accel.notice and (verbose or (accel.probed and sys.stderr.isatty())):
+        _err(accel.notice)
+
+
+def _interactive(vm: object) -> int:
+    from bootlab.analysis.console import OutcomeKind, analyze
+    from bootlab.vm.vm import VM
+
+    assert isinstance(vm, VM)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C belongs to the guest's shell
+    try:
+        vm.start()
+        _notice(vm, True)
+        status = vm.wait_interactive()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        vm.close()
+    outcome = analyze(vm.console_log.read_text(errors="replace")) if vm.console_log.exists() else None
+    if outcome is not None and outcome.kind not in (OutcomeKind.OK, OutcomeKind.UNKNOWN):
+        _err(f"{outcome.reason} (console log: {vm.console_log})")
+        return EXIT_FAILED
+    if status != 0:
+        _err(f"QEMU exited with status {status} (console log: {vm.console_log})")
+        return EXIT_FAILED
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return cmd_run(args)
+    except BadInput as e:
+        _err(f"error: {e}")
+        return EXIT_USAGE
+    except Timeout as e:
+        _err(f"timeout: {e}")
+        return EXIT_TIMEOUT
+    except VMFailed as e:
+        _err(f"the VM failed: {e}")
+        return EXIT_FAILED
+    except BootlabError as e:
+        _err(f"error: {e}")
+        return e.exit_status
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 141

@@ -1,0 +1,147 @@
+"""`bootlab run` as a user runs it: real Debian kernel, real QEMU (TCG), real busybox."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import bootlab_cli
+
+pytestmark = pytest.mark.vm
+
+
+def qemu_processes_with(marker: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and marker.encode() in cmdline:
+            pids.append(int(d.name))
+    return pids
+
+
+def test_stdout_stderr_and_status_are_separate_and_exact() -> None:
+    r = bootlab_cli("run", "--", "sh", "-c", "printf 'out\\n'; printf 'err\\n' >&2; exit 7")
+    assert r.returncode == 7
+    assert r.stdout == b"out\n"
+    assert r.stderr == b"err\n"
+
+
+def test_uname_shows_the_kernel_booted(kernel: Path) -> None:
+    r = bootlab_cli("run", "--kernel", str(kernel), "--", "uname", "-r")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == kernel.name.removeprefix("vmlinuz-")
+
+
+def test_binary_output_is_byte_identical() -> None:
+    r = bootlab_cli("run", "--", "cat", "/bin/busybox")
+    assert r.returncode == 0
+    assert r.stdout == Path("/bin/busybox").read_bytes()
+    assert r.stderr == b""
+
+
+def test_host_stdin_is_the_commands_stdin() -> None:
+    data = bytes(range(256)) * 1000 + b"\0end"
+    r = bootlab_cli("run", "--", "cat", input=data)
+    assert r.returncode == 0
+    assert r.stdout == data
+
+
+def test_not_found_and_not_executable() -> None:
+    r = bootlab_cli("run", "--", "no-such-command")
+    assert r.returncode == 127
+    assert b"no-such-command: command not found" in r.stderr
+    r = bootlab_cli("run", "--", "/etc/passwd")
+    assert r.returncode == 126
+
+
+def test_killed_by_signal_is_128_plus_n() -> None:
+    r = bootlab_cli("run", "--", "sh", "-c", "kill -TERM $$")
+    assert r.returncode == 128 + signal.SIGTERM
+
+
+def test_timeout_is_124_and_leaves_no_qemu(tmp_path: Path) -> None:
+    log = tmp_path / "timeout-console.log"
+    r = bootlab_cli("run", "--timeout", "6", "--console-log", str(log), "--", "sleep", "100")
+    assert r.returncode == 124
+    assert b"timeout" in r.stderr
+    assert qemu_processes_with(str(log)) == []
+
+
+def test_panic_is_125_with_the_kernels_reason(tmp_path: Path) -> None:
+    log = tmp_path / "panic.log"
+    r = bootlab_cli("run", "--append", "rdinit=/nope", "--console-log", str(log), "--", "true")
+    assert r.returncode == 125
+    err = r.stderr.decode()
+    # With no /nope in the initramfs the kernel falls back to a root device, finds none, panics.
+    assert "/nope" in err and "Unable to mount root fs" in err
+    assert str(log) in err
+    assert "Kernel panic" in log.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kernel", "/nonexistent/bzImage"], "no such file"),
+    (["--kernel", "/etc/passwd"], "not a kernel image"),
+    (["--memory", "lots"], "not a size"),
+    (["--cpus", "0"], "not a positive integer"),
+    (["--timeout", "-1"], "not a positive number"),
+    (["--accel", "hax"], "invalid choice"),
+    (["--busybox", "/nonexistent"], "no such file"),
+    (["--module", "no_such_module_xyz"], "not found"),
+])
+def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:
+    r = bootlab_cli("run", *args, "--", "true")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert r.stdout == b""
+
+
+def test_dry_run_prints_the_qemu_argv() -> None:
+    r = bootlab_cli("run", "--dry-run", "--", "true")
+    assert r.returncode == 0
+    line = r.stdout.decode()
+    assert line.startswith("qemu-system-x86_64 ") and "-kernel" in line and "-initrd" in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_signal_to_bootlab_mid_boot_leaves_no_qemu(tmp_path: Path, sig: int) -> None:
+    log = tmp_path / f"sig{sig}.log"
+    p = subprocess.Popen([sys.executable, "-m", "bootlab", "run", "--console-log", str(log), "--",
+                          "sleep", "100"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not qemu_processes_with(str(log)):  # QEMU is up: the VM is booting
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(sig)
+    p.communicate(timeout=30)
+    assert p.returncode == (128 + sig if sig == signal.SIGTERM else -sig)
+    deadline = time.monotonic() + 10
+    while qemu_processes_with(str(log)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert qemu_processes_with(str(log)) == []
+
+
+def test_module_is_loaded_before_the_command() -> None:
+    r = bootlab_cli("run", "--module", "ext4", "--", "cat", "/proc/modules")
+    assert r.returncode == 0, r.stderr
+    loaded = {line.split()[0] for line in r.stdout.decode().splitlines()}
+    assert {"ext4", "jbd2", "mbcache", "virtio_console"} <= loaded
+
+
+def test_interactive_shell_on_the_console() -> None:
+    r = bootlab_cli("run", input=b"echo marker-$((6*7))\nexit\n", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert b"marker-42" in r.stdout
