@@ -12,7 +12,7 @@ from pathlib import Path
 from bootlab import cache
 from bootlab.image import busybox as bb
 from bootlab.image import cpio
-from bootlab.image.entry import Entry, Kind, Tree, char_device, directory, file, fingerprint, host_file
+from bootlab.image.entry import Entry, Tree, char_device, directory, file, fingerprint, host_file
 
 FORMAT_VERSION = "guest-initramfs-v1"
 
@@ -74,13 +74,20 @@ def entries(spec: GuestSpec) -> list[Entry]:
     return [dataclasses.replace(e, mtime=epoch) for e in tree.sorted()]
 
 
+def cache_key(spec: GuestSpec) -> str:
+    """Identity of every input, without building the entry list (that costs a busybox run)."""
+    modules = [cache.file_identity(spec.modules_root / rel) for rel in spec.module_paths] \
+        if spec.modules_root is not None else []
+    return cache.key(FORMAT_VERSION, source_date_epoch(), cache.file_identity(spec.agent),
+                     cache.file_identity(spec.busybox), str(spec.modules_root), spec.module_paths,
+                     modules, fingerprint(spec.extra))
+
+
 def build(spec: GuestSpec) -> Path:
     """The cached uncompressed cpio: unpacking is faster than any decompression under TCG."""
-    ents = entries(spec)
-    key = cache.key(FORMAT_VERSION, fingerprint(ents))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            cpio.write(f, ents)
+            cpio.write(f, entries(spec))
 
-    return cache.cached("initramfs", key, write, ".cpio")
+    return cache.cached("initramfs", cache_key(spec), write, ".cpio")

@@ -43,10 +43,20 @@ def bootable(path: Path, *, prefer_pvh: bool = True) -> BootableKernel:
     if img.format is KernelFormat.ELF:
         return BootableKernel(img, path, img.has_pvh_note)
     if img.format is KernelFormat.BZIMAGE and prefer_pvh:
-        vmlinux = cache.cached("vmlinux", cache.key("vmlinux-v1", cache.file_identity(path)),
-                               lambda tmp: tmp.write_bytes(image.extract_vmlinux(path)))
-        if image.has_pvh_note(vmlinux):
-            return BootableKernel(img, vmlinux, True)
+        # The verdict is part of the cached name, so a cache hit costs no ELF parsing.
+        key = cache.key("vmlinux-v2", cache.file_identity(path))
+        pvh = cache.root() / "vmlinux" / f"{key}.pvh.elf"
+        no_pvh = cache.root() / "vmlinux" / f"{key}.no-pvh"
+        if not pvh.exists() and not no_pvh.exists():
+            elf = image.extract_vmlinux(path)
+            tmp = cache.atomic_write(pvh.with_suffix(".tmp"), lambda t: t.write_bytes(elf))
+            if image.has_pvh_note(tmp):
+                tmp.rename(pvh)
+            else:
+                tmp.unlink()
+                cache.atomic_write(no_pvh, lambda t: t.write_bytes(b""))
+        if pvh.exists():
+            return BootableKernel(img, pvh, True)
     return BootableKernel(img, path, False)
 
 

@@ -14,11 +14,9 @@ def _canonical(name: str) -> str:
 
 
 def _module_name(relpath: str) -> str:
-    base = relpath.rsplit("/", 1)[-1]
-    for ext in (".ko.xz", ".ko.zst", ".ko.gz", ".ko"):
-        if base.endswith(ext):
-            return _canonical(base[: -len(ext)])
-    return _canonical(base)
+    base = relpath[relpath.rfind("/") + 1:]
+    end = base.find(".ko")
+    return (base[:end] if end > 0 else base).replace("-", "_")
 
 
 @dataclass
@@ -26,7 +24,7 @@ class ModuleIndex:
     """What /lib/modules/<release> says: each module's file, its dependencies, what is built in."""
 
     root: Path
-    deps: dict[str, list[str]] = field(default_factory=dict)  # name -> dependency names
+    raw_deps: dict[str, str] = field(default_factory=dict)  # name -> its modules.dep right side
     paths: dict[str, str] = field(default_factory=dict)  # name -> path relative to root
     builtin: set[str] = field(default_factory=set)
 
@@ -41,13 +39,19 @@ class ModuleIndex:
             if ":" not in line:
                 continue
             target, _, rest = line.partition(":")
-            name = _module_name(target.strip())
-            idx.paths[name] = target.strip()
-            idx.deps[name] = [_module_name(d) for d in rest.split()]
+            target = target.strip()
+            if not target:
+                continue
+            name = _module_name(target)
+            idx.paths[name] = target
+            idx.raw_deps[name] = rest  # parsed only for the modules asked for
         builtin = root / "modules.builtin"
         if builtin.exists():
             idx.builtin = {_module_name(l.strip()) for l in builtin.read_text().splitlines() if l.strip()}
         return idx
+
+    def deps(self, name: str) -> list[str]:
+        return [_module_name(d) for d in self.raw_deps.get(name, "").split()]
 
     def closure(self, names: list[str]) -> list[str]:
         """Module paths to load, dependencies first, each once; built-in modules are skipped."""
@@ -61,7 +65,7 @@ class ModuleIndex:
                 raise BadInput(f"module {name!r} not found in {self.root} (and not built in)")
             if name in chain:
                 return  # a cycle in modules.dep; the kernel would refuse it too
-            for dep in self.deps[name]:
+            for dep in self.deps(name):
                 visit(dep, chain + (name,))
             seen.add(name)
             order.append(self.paths[name])
