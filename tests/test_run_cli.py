@@ -145,3 +145,10 @@ def test_interactive_shell_on_the_console() -> None:
     r = bootlab_cli("run", input=b"echo marker-$((6*7))\nexit\n", timeout=120)
     assert r.returncode == 0, r.stderr
     assert b"marker-42" in r.stdout
+
+
+def test_verbose_shows_the_console_on_stderr_only() -> None:
+    r = bootlab_cli("run", "-v", "--", "echo", "hi")
+    assert r.returncode == 0
+    assert r.stdout == b"hi\n"
+    assert b"Linux version" in r.stderr and b"Run /init as init process" in r.stderr

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/klog.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
@@ -215,6 +216,8 @@ static void interactive_shell(void)
 		}
 	}
 	snprintf(path, sizeof path, "/dev/%s", name);
+	/* Keep late kernel chatter from landing mid-typing; errors, oopses and panics still show. */
+	klogctl(8 /* SYSLOG_ACTION_CONSOLE_LEVEL */, NULL, 4);
 	pid_t pid = fork();
 	if (pid == 0) {
 		setsid();
