@@ -70,3 +70,11 @@ def test_console_log_is_kept_apart(vm: bootlab.VM) -> None:
     text = vm.console_log.read_text(errors="replace")
     assert "Linux version" in text
     assert "Run /init as init process" in text
+
+
+def test_a_kernel_without_pvh_boots_as_a_bzimage(kernel: Path) -> None:
+    """What a custom kernel built without CONFIG_PVH gets: the bzImage itself on microvm."""
+    with bootlab.VM(kernel, accel="tcg", prefer_pvh=False) as other:
+        argv = other._session.machine.argv()
+        assert argv[argv.index("-kernel") + 1] == str(kernel)
+        assert other.run(["uname", "-r"]).stdout.decode().strip() == kernel.name.removeprefix("vmlinuz-")
