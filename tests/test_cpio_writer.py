@@ -88,3 +88,17 @@ def test_tree_adds_parents_and_sorts_parents_first() -> None:
     paths = [e.path for e in t.sorted()]
     assert paths == ["a", "usr", "usr/lib", "usr/lib/x", "usr/lib/x/y"]
     assert t.entries["usr/lib"].kind is Kind.DIR
+
+
+def test_tree_symlink_replacing_a_directory_moves_its_children() -> None:
+    """bin/ from busybox, then bin -> usr/bin from a merged-/usr ELF closure: nothing is lost."""
+    t = Tree()
+    t.add(file("bin/busybox", b"bb"))
+    t.add(symlink("bin/sh", "busybox"))
+    t.add(symlink("bin", "usr/bin"))
+    t.add(file("bin/ls", b"ls"))  # added later through the link
+    by = {e.path: e for e in t.sorted()}
+    assert by["bin"].target == "usr/bin"
+    assert by["usr/bin/busybox"].read() == b"bb" and by["usr/bin/sh"].target == "busybox"
+    assert by["usr/bin/ls"].read() == b"ls"
+    assert not any(p.startswith("bin/") for p in by)

@@ -34,13 +34,18 @@ def file_identity(path: Path) -> list[object]:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def atomic_write(dest: Path, write: Callable[[Path], None]) -> Path:
-    """Produce `dest` by calling write(tmp) and renaming; nothing is left behind on failure."""
+def atomic_write(dest: Path, write: Callable[[Path], None], mode: int | None = None) -> Path:
+    """Produce `dest` by calling write(tmp) and renaming; nothing is left behind on failure.
+    `mode` (e.g. 0o644, less the umask) for files meant for users rather than the cache."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        if mode is not None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, mode & ~umask)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--module", action="append", default=[], metavar="NAME",
                      help="load this kernel module and its dependencies before CMD (repeatable)")
     run.add_argument("--busybox", type=Path, metavar="PATH", help="static busybox to use (default: /bin/busybox)")
+    run.add_argument("--add", action="append", default=[], metavar="HOST[:GUEST]",
+                     help="put a host file or tree in the guest (its ELF libraries come along; repeatable)")
+    run.add_argument("--spec", type=Path, metavar="FILE",
+                     help="add what an initramfs spec describes; a spec with its own init is booted as it is")
+    run.add_argument("--initrd", type=Path, metavar="FILE",
+                     help="boot this initramfs as it is, with its own /init and the console attached")
     run.add_argument("--timeout", type=_seconds, default=3600.0, metavar="SECONDS",
                      help="give up after this long, boot included; exit status 124 (default: 3600)")
     run.add_argument("-v", "--verbose", action="store_true", help="show the kernel console live on stderr")
@@ -89,7 +95,104 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
                      help="the command to run; none: an interactive shell on the console")
+    _add_initramfs(sub)
     return p
+
+
+INITRAMFS_EXAMPLES = """\
+examples:
+  bootlab initramfs ls /boot/initrd.img-$(uname -r)          every entry of every segment
+  bootlab initramfs ls -l initrd.img                           like ls -l; --json for scripts
+  bootlab initramfs examine /boot/initrd.img-$(uname -r)     one row per segment
+  bootlab initramfs extract initrd.img -C out/                 no root needed
+  bootlab initramfs extract initrd.img -C out/ --segment 1 'usr/lib/modules/*'
+"""
+
+
+def _add_initramfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ini = sub.add_parser("initramfs", help="list, examine and extract any initramfs",
+                         description="Read initramfs images the way the kernel does: every segment "
+                                     "(early microcode, several compressed archives), without root.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=INITRAMFS_EXAMPLES)
+    isub = ini.add_subparsers(dest="initramfs_command", metavar="ACTION", parser_class=_Parser)
+    ls = isub.add_parser("ls", help="list every entry of every segment")
+    ls.add_argument("file", type=Path, metavar="FILE")
+    ls.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size or device, mtime, link target")
+    ls.add_argument("--json", action="store_true", help="one JSON array of entries")
+    ex = isub.add_parser("examine", help="one row per segment: offset, compression, sizes, entries")
+    ex.add_argument("file", type=Path, metavar="FILE")
+    ex.add_argument("--json", action="store_true")
+    xt = isub.add_parser("extract", help="unpack into a directory, without root")
+    xt.add_argument("file", type=Path, metavar="FILE")
+    xt.add_argument("-C", "--directory", type=Path, required=True, metavar="DIR", help="destination")
+    xt.add_argument("--segment", type=int, metavar="N", help="only segment N (see examine)")
+    xt.add_argument("patterns", nargs="*", metavar="PATTERN", help="only names matching these globs")
+    bd = isub.add_parser("build", help="build an initramfs from a TOML spec, rootless and reproducible",
+                         description="Build an initramfs from a TOML spec (see the README for the format). "
+                                     "SOURCE_DATE_EPOCH (default 0) makes the output byte-identical.")
+    bd.add_argument("spec", type=Path, metavar="SPEC")
+    bd.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
+    bd.add_argument("--compress", metavar="ALG",
+                    help="none, gzip, bzip2, lzma, xz, lzo, lz4 or zstd (default: the spec's, else gzip)")
+    bd.add_argument("--early", type=Path, metavar="SPEC_OR_DIR",
+                    help="an uncompressed first segment (e.g. CPU microcode): a directory or a spec")
+
+
+def cmd_initramfs(args: argparse.Namespace) -> int:
+    import json
+
+    from bootlab.image import initramfs, listing
+
+    action = args.initramfs_command
+    if action is None:
+        raise BadInput("initramfs: say what to do: ls, examine, extract or build (see --help)")
+    if action == "build":
+        from bootlab.image import build, spec
+
+        out = build.build(spec.load(args.spec), args.output, algorithm=args.compress, early=args.early)
+        _err(f"wrote {out} ({out.stat().st_size} bytes)")
+        return 0
+    segments = initramfs.load(args.file, keep_data=action == "extract")
+    out = sys.stdout
+    if action == "ls":
+        if args.json:
+            json.dump([listing.member_json(s, m) for s in segments for m in s.members], out, indent=1)
+            out.write("\n")
+        else:
+            lines = (listing.long_line(s, m) if args.long else m.name
+                     for s in segments for m in s.members)
+            out.write("".join(line + "\n" for line in lines))
+        return 0
+    if action == "examine":
+        rows = [listing.segment_row(s) for s in segments]
+        if args.json:
+            json.dump(rows, out, indent=1)
+            out.write("\n")
+            return 0
+        head = ("segment", "offset", "end", "compression", "compressed", "uncompressed", "entries")
+        table = [head] + [tuple(str(r[k]) for k in ("segment", "offset", "end", "compression",
+                                                       "compressed_size", "size", "entries")) for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+        for row in table:
+            out.write("  ".join(c.rjust(w) if i != 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip() + "\n")
+        return 0
+    # extract
+    from bootlab.image.extract import MANIFEST, extract
+
+    if args.segment is not None:
+        if not 0 <= args.segment < len(segments):
+            raise BadInput(f"--segment {args.segment}: the image has segments 0 to {len(segments) - 1}")
+        segments = [segments[args.segment]]
+    if args.directory.exists() and not args.directory.is_dir():
+        raise BadInput(f"-C {args.directory}: not a directory")
+    report = extract(segments, args.directory, args.patterns)
+    if report.not_applied:
+        _err(f"{len(report.not_applied)} entries could not be fully created without root (device nodes, "
+             f"owners); recorded in {args.directory / MANIFEST}")
+    if report.skipped:
+        _err(f"{len(report.skipped)} unsafe entries skipped (names escaping {args.directory} or "
+             f"writing through symlinks); recorded in {args.directory / MANIFEST}")
+    return 0
 
 
 def _err(message: str) -> None:
@@ -112,14 +215,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise BadInput(f"--console-log {args.console_log}: is a directory")
         if not args.console_log.parent.is_dir():
             raise BadInput(f"--console-log {args.console_log}: directory {args.console_log.parent} does not exist")
+    initrd, extra = _guest_content(args)
+    if initrd is not None and cmd:
+        raise BadInput("--initrd/--spec with an init boots that image's own /init: "
+                       "a command cannot be run in it (drop the CMD, or the init)")
     vm = VM(args.kernel, memory=args.memory, cpus=args.cpus, accel=args.accel, append=append,
             modules=args.module, busybox=args.busybox, console_log=args.console_log,
-            live_console=args.verbose, boot_timeout=args.timeout, interactive=not cmd)
+            live_console=args.verbose, boot_timeout=args.timeout, interactive=not cmd,
+            initrd=initrd, extra_entries=extra)
     if args.dry_run:
         print(shlex.join(vm.machine().argv()))
         return 0
     if not cmd:
-        return _interactive(vm)
+        return _interactive(vm, args.timeout)
     import time
 
     start = time.monotonic()
@@ -137,13 +245,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return r.returncode
 
 
+def _guest_content(args: argparse.Namespace) -> tuple[Path | None, list]:  # type: ignore[type-arg]
+    """(--initrd or a spec's own image, entries to add to bootlab's guest)."""
+    from bootlab.image import adds
+
+    if args.initrd is not None and args.spec is not None:
+        raise BadInput("give --initrd or --spec, not both")
+    if args.initrd is not None:
+        if not args.initrd.is_file():
+            raise BadInput(f"--initrd {args.initrd}: no such file")
+        if args.add or args.module:
+            raise BadInput("--initrd boots an image as it is: --add and --module cannot change it")
+        return args.initrd, []
+    extra = [e for spec in args.add for e in adds.add_entries(spec)]
+    if args.spec is not None:
+        from bootlab.image import build, spec
+
+        s = spec.load(args.spec)
+        if any(e.path == "init" for e in s.entries):
+            image = adds.cached_spec_image(s, args.module)
+            return image, []
+        extra = build.resolve(s) + extra
+    return None, extra
+
+
 def _notice(vm: object, verbose: bool) -> None:
     accel = getattr(vm, "accel", None)
     if accel is not None and accel.notice and (verbose or (accel.probed and sys.stderr.isatty())):
         _err(accel.notice)
 
 
-def _interactive(vm: object) -> int:
+def _interactive(vm: object, timeout: float) -> int:
     from bootlab.analysis.console import OutcomeKind, analyze
     from bootlab.vm.vm import VM
 
@@ -152,11 +284,13 @@ def _interactive(vm: object) -> int:
     try:
         vm.start()
         _notice(vm, True)
-        status = vm.wait_interactive()
+        status = vm.wait_interactive(timeout)
     finally:
         signal.signal(signal.SIGINT, previous)
         vm.close()
     outcome = analyze(vm.console_log.read_text(errors="replace")) if vm.console_log.exists() else None
+    if status is None:
+        raise Timeout(f"the guest was still running after {timeout:g} s (console log: {vm.console_log})")
     if outcome is not None and outcome.kind not in (OutcomeKind.OK, OutcomeKind.UNKNOWN):
         _err(f"{outcome.reason} (console log: {vm.console_log})")
         return EXIT_FAILED
@@ -174,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if args.command == "initramfs":
+            return cmd_initramfs(args)
         return cmd_run(args)
     except BadInput as e:
         _err(f"error: {e}")

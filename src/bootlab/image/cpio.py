@@ -6,6 +6,9 @@ padded to a 4-byte boundary, then the data padded to 4 bytes. "TRAILER!!!" ends 
 
 from __future__ import annotations
 
+import stat
+import struct
+from dataclasses import dataclass
 from typing import BinaryIO, Iterable
 
 from bootlab.image.entry import Entry, Kind
@@ -32,14 +35,37 @@ def header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, f
 
 
 def write(out: BinaryIO, entries: Iterable[Entry], *, first_ino: int = 1) -> int:
-    """Write entries and a trailer; returns bytes written. Inode numbers are sequential."""
+    """Write entries and a trailer; returns bytes written. Inode numbers are sequential.
+
+    Hard links (entries with `hardlink_of`) share their target's inode number; as GNU cpio does,
+    only the last name of a group carries the data, the others have size 0. The kernel links
+    each later name to the first and writes the data into the shared inode."""
+    entries = list(entries)
+    groups: dict[str, list[Entry]] = {}
+    for e in entries:
+        if e.kind is Kind.FILE:
+            groups.setdefault(e.hardlink_of or e.path, []).append(e)
+    for primary, names in groups.items():
+        if len(names) > 1 and not any(n.path == primary for n in names):
+            raise ValueError(f"hard link to {primary!r}, which is not in the archive")
+    group_ino: dict[str, int] = {}
+    seen: dict[str, int] = {}
     written = 0
     ino = first_ino
     for e in entries:
-        data = e.read()
         nlink = 2 if e.kind is Kind.DIR else 1
+        this_ino = ino
+        data = e.read()
+        if e.kind is Kind.FILE and len(groups[e.hardlink_of or e.path]) > 1:
+            key = e.hardlink_of or e.path
+            group = groups[key]
+            nlink = len(group)
+            this_ino = group_ino.setdefault(key, ino)
+            seen[key] = seen.get(key, 0) + 1
+            primary = next(n for n in group if n.path == key)
+            data = primary.read() if seen[key] == nlink else b""
         major, minor = e.rdev if e.kind in (Kind.CHAR, Kind.BLOCK) else (0, 0)
-        chunk = header(ino=ino, mode=e.kind.type_bits | (e.mode & 0o7777), uid=e.uid, gid=e.gid,
+        chunk = header(ino=this_ino, mode=e.kind.type_bits | (e.mode & 0o7777), uid=e.uid, gid=e.gid,
                        nlink=nlink, mtime=e.mtime, filesize=len(data), rdevmajor=major,
                        rdevminor=minor, name=e.path.encode())
         out.write(chunk)
@@ -51,3 +77,182 @@ def write(out: BinaryIO, entries: Iterable[Entry], *, first_ino: int = 1) -> int
                      name=TRAILER.encode())
     out.write(trailer)
     return written + len(trailer)
+
+
+# ---- reading ----
+
+MAGIC_CRC = b"070702"  # same layout; the check field carries a byte sum we do not need
+
+
+class CpioError(ValueError):
+    """A malformed archive; the message names what and where, in one line."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One parsed header, with where its data lies in the (decompressed) buffer."""
+
+    name: str
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    mtime: int
+    size: int
+    devmajor: int
+    devminor: int
+    rdevmajor: int
+    rdevminor: int
+    offset: int  # of the header
+    data_offset: int
+    link: str | None = None  # a symlink's target (its data), kept by both readers
+
+    @property
+    def kind(self) -> Kind | None:
+        fmt = stat.S_IFMT(self.mode)
+        return next((k for k in Kind if k.type_bits == fmt), None)
+
+    @property
+    def perm(self) -> int:
+        return stat.S_IMODE(self.mode)
+
+
+_FIELDS = struct.Struct(">13I")
+
+
+def read_archive(buf: bytes | memoryview, offset: int = 0) -> tuple[list[Member], int]:
+    """Parse one archive from `offset` through its TRAILER!!!; returns members and the offset
+    just past the trailer's padding. Raises CpioError on anything malformed or truncated."""
+    view = memoryview(buf)
+    end = len(view)
+    members: list[Member] = []
+    pos = offset
+    while True:
+        if pos + HEADER_SIZE > end:
+            raise CpioError(f"truncated archive: header at offset {pos} runs past the end "
+                            f"({'no TRAILER!!!' if pos >= end else f'{end - pos} bytes left'})")
+        head = bytes(view[pos:pos + HEADER_SIZE])
+        magic = head[:6]
+        if magic not in (MAGIC, MAGIC_CRC):
+            if magic == b"070707" or head[:2] in (b"\xc7\x71", b"\x71\xc7"):
+                raise CpioError(f"offset {pos}: an old-format cpio header; the kernel reads only newc (070701)")
+            raise CpioError(f"offset {pos}: bad cpio magic {magic!r} (expected 070701)")
+        try:
+            fields = _FIELDS.unpack(bytes.fromhex(head[6:].decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            raise CpioError(f"offset {pos}: header fields are not hexadecimal") from None
+        (ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor, rdevmajor, rdevminor,
+         namesize, _check) = fields
+        name_start = pos + HEADER_SIZE
+        if namesize == 0 or name_start + namesize > end:
+            raise CpioError(f"offset {pos}: truncated or empty name (namesize {namesize})")
+        raw_name = bytes(view[name_start:name_start + namesize])
+        if raw_name[-1:] != b"\0":
+            raise CpioError(f"offset {pos}: name is not NUL-terminated")
+        name = raw_name[:-1].decode("utf-8", "surrogateescape")
+        data_offset = name_start + namesize + (-(HEADER_SIZE + namesize) % 4)
+        if name == TRAILER:
+            return members, min(end, data_offset + size + (-size % 4))
+        if data_offset + size > end:
+            raise CpioError(f"truncated archive: {name!r} at offset {pos} needs {size} bytes of data, "
+                            f"{max(0, end - data_offset)} left")
+        link = None
+        if stat.S_ISLNK(mode):
+            link = bytes(view[data_offset:data_offset + size]).decode("utf-8", "surrogateescape")
+        members.append(Member(name, ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor,
+                              rdevmajor, rdevminor, pos, data_offset, link))
+        pos = data_offset + size + (-size % 4)
+
+
+class StreamParser:
+    """newc headers from a stream fed in chunks, for listing without holding the archive.
+
+    File data is skipped as it goes by; only symlink targets are kept. Several archives may follow
+    each other (with NUL padding between), as in one decompressed initramfs segment."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.members: list[Member] = []
+        self.size = 0  # bytes seen so far
+        self._pending = b""  # an incomplete header carried to the next chunk
+        self._skip = 0  # data and padding still to pass over
+        self._link: bytearray | None = None  # collecting a symlink target
+        self._link_member: Member | None = None
+        self._in_archive = False
+        self._archives = 0
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk if self._pending else chunk
+        base = self.size - len(self._pending)  # stream offset of data[0]
+        self.size += len(chunk)
+        self._pending = b""
+        i, n = 0, len(data)
+        while True:
+            if self._skip:
+                take = min(self._skip, n - i)
+                if self._link is not None:
+                    self._link += data[i:i + take]
+                i += take
+                self._skip -= take
+                if self._skip:
+                    return
+                self._finish_link()
+            if not self._in_archive:
+                rest = data[i:i + 65536]
+                stripped = len(rest) - len(rest.lstrip(b"\0"))
+                i += stripped
+                if stripped == len(rest):
+                    if i < n:
+                        continue
+                    return
+            if n - i < HEADER_SIZE:
+                self._pending = bytes(data[i:])
+                return
+            head = bytes(data[i:i + HEADER_SIZE])
+            if head[:6] not in (MAGIC, MAGIC_CRC):
+                what = "junk after the cpio trailer" if self._archives else f"bad cpio magic {head[:6]!r}"
+                raise CpioError(f"{self.where}: {what} at offset {base + i}")
+            try:
+                f = _FIELDS.unpack(bytes.fromhex(head[6:].decode("ascii")))
+            except (ValueError, UnicodeDecodeError):
+                raise CpioError(f"{self.where}: header fields at offset {base + i} are not hexadecimal") from None
+            namesize, size = f[11], f[6]
+            need = HEADER_SIZE + namesize + (-(HEADER_SIZE + namesize) % 4)
+            if namesize == 0:
+                raise CpioError(f"{self.where}: empty name at offset {base + i}")
+            if n - i < need:
+                self._pending = bytes(data[i:])
+                return
+            raw = bytes(data[i + HEADER_SIZE:i + HEADER_SIZE + namesize])
+            if raw[-1:] != b"\0":
+                raise CpioError(f"{self.where}: name at offset {base + i} is not NUL-terminated")
+            name = raw[:-1].decode("utf-8", "surrogateescape")
+            member = Member(name, *f[:11], base + i, base + i + need)
+            i += need
+            self._in_archive = True
+            self._skip = size + (-size % 4)
+            if name == TRAILER:
+                self._in_archive = False
+                self._archives += 1
+                continue
+            if stat.S_ISLNK(member.mode):
+                self._link, self._link_member = bytearray(), member
+                if not self._skip:
+                    self._finish_link()
+            else:
+                self.members.append(member)
+
+    def _finish_link(self) -> None:
+        if self._link_member is not None and self._link is not None:
+            m = self._link_member
+            target = bytes(self._link[:m.size]).decode("utf-8", "surrogateescape")
+            self.members.append(Member(*[getattr(m, f) for f in Member.__dataclass_fields__][:14], link=target))
+        self._link, self._link_member = None, None
+
+    def close(self) -> None:
+        """The stream has ended: anything but a finished archive is an error."""
+        if self._in_archive or self._skip or self._pending.strip(b"\0"):
+            raise CpioError(f"{self.where}: truncated archive (the stream ends inside a member or before TRAILER!!!)")
+        if not self._archives:
+            raise CpioError(f"{self.where}: no cpio archive in the stream")

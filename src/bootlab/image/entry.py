@@ -48,6 +48,7 @@ class Entry:
     source: Path | None = None  # or read from this host file when written
     target: str | None = None  # symlink target
     rdev: tuple[int, int] = (0, 0)  # (major, minor) for device nodes
+    hardlink_of: str | None = None  # a FILE that is another name for this path's inode
 
     def __post_init__(self) -> None:
         p = PurePosixPath(self.path)
@@ -94,7 +95,49 @@ class Tree:
 
     entries: dict[str, Entry] = field(default_factory=dict)
 
+    def resolve(self, path: str) -> str:
+        """`path` with parent components that are symlinks in this tree followed (as the guest
+        would), so that after `lib -> usr/lib`, an entry for lib/modules/x lands in usr/lib."""
+        parts = list(PurePosixPath(path).parts)
+        for _ in range(40):  # symlink hops, like the kernel's limit
+            for i in range(1, len(parts)):
+                e = self.entries.get("/".join(parts[:i]))
+                if e is not None and e.kind is Kind.SYMLINK and e.target:
+                    base = [] if e.target.startswith("/") else parts[:i - 1]
+                    new: list[str] = []
+                    for p in base + [p for p in PurePosixPath(e.target).parts if p != "/"]:
+                        if p == "..":
+                            if new:
+                                new.pop()
+                        elif p != ".":
+                            new.append(p)
+                    parts = new + parts[i:]
+                    break
+            else:
+                return "/".join(parts)
+        return "/".join(parts)
+
     def add(self, entry: Entry) -> None:
+        from dataclasses import replace
+
+        resolved = self.resolve(entry.path)
+        if resolved != entry.path and resolved:
+            entry = replace(entry, path=resolved)
+        old = self.entries.get(entry.path)
+        if entry.kind is Kind.SYMLINK and old is not None and old.kind is Kind.DIR:
+            # A link replacing a directory (bin -> usr/bin on merged /usr): what was under the
+            # directory moves to where the link points, as a merged-/usr conversion does.
+            prefix = entry.path + "/"
+            children = [e for k, e in self.entries.items() if k.startswith(prefix)]
+            for k in [k for k in self.entries if k == entry.path or k.startswith(prefix)]:
+                del self.entries[k]
+            self._place(entry)
+            for child in children:
+                self.add(replace(child, path=entry.path + "/" + child.path[len(prefix):]))
+            return
+        self._place(entry)
+
+    def _place(self, entry: Entry) -> None:
         parent = PurePosixPath(entry.path).parent
         while str(parent) != ".":
             key = str(parent)
@@ -124,5 +167,6 @@ def fingerprint(entries: list[Entry]) -> list[object]:
             import hashlib
 
             src = hashlib.sha256(e.data).hexdigest()
-        out.append([e.path, e.kind.value, e.mode, e.uid, e.gid, e.mtime, src, e.target, list(e.rdev)])
+        out.append([e.path, e.kind.value, e.mode, e.uid, e.gid, e.mtime, src, e.target, list(e.rdev),
+                    e.hardlink_of])
     return out

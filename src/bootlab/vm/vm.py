@@ -22,6 +22,7 @@ from bootlab import cache
 from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
 from bootlab.image import busybox as bb
 from bootlab.image import guest
+from bootlab.image.entry import Entry
 from bootlab.kernel import find
 from bootlab.kernel.modules import ModuleIndex
 from bootlab.vm import accel as accel_mod
@@ -99,7 +100,8 @@ class VM:
                  append: Sequence[str] = (), modules: Sequence[str] = (),
                  busybox: str | Path | None = None, console_log: str | Path | None = None,
                  live_console: bool = False, boot_timeout: float = 120.0,
-                 interactive: bool = False, prefer_pvh: bool = True) -> None:
+                 interactive: bool = False, prefer_pvh: bool = True,
+                 initrd: str | Path | None = None, extra_entries: Sequence[Entry] = ()) -> None:
         self.arch = arch_mod.get(arch)
         self.kernel_path = Path(kernel) if kernel is not None else find.default_kernel()
         self.memory = memory
@@ -113,6 +115,8 @@ class VM:
         self.boot_timeout = boot_timeout
         self.interactive = interactive
         self.prefer_pvh = prefer_pvh
+        self.initrd = Path(initrd) if initrd is not None else None  # booted as it is: no agent
+        self.extra_entries = list(extra_entries)
         self.accel: accel_mod.AccelChoice | None = None
         self.release: str | None = None  # the guest's `uname -r`, once booted
         self.boot_seconds: float | None = None
@@ -134,21 +138,24 @@ class VM:
         # A kernel without a PVH entry boots as it is (microvm's firmware loads a bzImage too),
         # only slower: the decompressor runs under TCG.
         kernel = find.bootable(self.kernel_path, prefer_pvh=self.prefer_pvh)
-        initrd = self._initramfs(kernel.image.release)
+        own_image = self.initrd is not None
+        initrd = self.initrd if own_image else self._initramfs(kernel.image.release)
         self.accel = accel_mod.choose(self.accel_requested, self.arch, kernel.boot_path)
         # cryptomgr.notests: the crypto self-tests cost 0.2 s of TCG boot; --append can undo it.
-        append = [f"console={self.arch.console}", "panic=-1", "rdinit=/init", "cryptomgr.notests",
-                  *self.arch.kernel_args]
+        append = [f"console={self.arch.console}", "panic=-1", "cryptomgr.notests", *self.arch.kernel_args]
+        if not own_image:
+            append.insert(2, "rdinit=/init")
         khz = arch_mod.host_tsc_khz() if self.arch.tcg_tsc_hint and self.accel.name == "tcg" else None
         if khz and self.arch.name == arch_mod.host_arch():
             append.append(f"tsc_early_khz={khz}")
-        if self.interactive:
+        if self.interactive and not own_image:
             append.append("bootlab.shell")
         append += self.user_append
         return Machine(arch=self.arch, kernel=kernel.boot_path, console_log=self.console_log,
                        initrd=initrd, append=append, memory=self.memory, cpus=self.cpus,
                        accel=self.accel.name, console_stdio=self.interactive or self.live_console,
-                       agent_socket=None if self.interactive else f"bootlab-{os.getpid()}-{secrets.token_hex(6)}")
+                       agent_socket=None if self.interactive or own_image
+                       else f"bootlab-{os.getpid()}-{secrets.token_hex(6)}")
 
     def _initramfs(self, release: str | None) -> Path:
         mods_root = find.modules_dir(release)
@@ -160,7 +167,7 @@ class VM:
             raise BadInput(f"no /lib/modules/{release} for kernel {self.kernel_path}: cannot add "
                            f"modules {', '.join(self.user_modules)}")
         spec = guest.GuestSpec(agent=agent_binary(self.arch), busybox=bb.find_busybox(self.busybox),
-                               modules_root=mods_root, module_paths=paths)
+                               modules_root=mods_root, module_paths=paths, extra=self.extra_entries)
         return guest.build(spec)
 
     # ---- lifecycle ----
@@ -189,10 +196,11 @@ class VM:
         self.boot_seconds = time.monotonic() - t0
         return self
 
-    def wait_interactive(self) -> int:
-        """For interactive sessions: wait until the guest powers off; QEMU's exit status."""
-        assert self._session is not None and self._session.proc is not None
-        return self._session.proc.wait()
+    def wait_interactive(self, timeout: float | None = None) -> int | None:
+        """For interactive sessions: wait until the guest powers off; QEMU's exit status, or
+        None if it was still running after `timeout` seconds."""
+        assert self._session is not None
+        return self._session.wait(timeout)
 
     def _read_frames(self) -> None:
         assert self._channel is not None

@@ -1,0 +1,62 @@
+"""What `bootlab run --add` and `--spec` put into the guest, as entries or a ready image."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bootlab import cache
+from bootlab.errors import BadInput
+from bootlab.image.entry import Entry, Kind, Tree
+from bootlab.image.spec import Spec, host_tree
+
+
+def parse_add(value: str) -> tuple[Path, str]:
+    """HOST[:GUEST]; GUEST defaults to the host path, as an absolute path in the guest."""
+    host, sep, guest = value.partition(":")
+    if not host:
+        raise BadInput(f"--add {value!r}: expected HOST[:GUEST]")
+    path = Path(os.path.expanduser(host))
+    if not path.exists():
+        raise BadInput(f"--add {value!r}: {host}: no such file or directory")
+    target = guest if sep and guest else str(path.resolve())
+    if not target.startswith("/"):
+        raise BadInput(f"--add {value!r}: the guest path must be absolute")
+    if ".." in Path(target).parts:
+        raise BadInput(f"--add {value!r}: the guest path may not contain '..'")
+    return path, target.strip("/")
+
+
+def add_entries(value: str) -> list[Entry]:
+    """A host file or tree at its guest path, with the ELF libraries its programs need."""
+    from bootlab.image import elf
+
+    host, guest = parse_add(value)
+    if host.is_dir():
+        entries = host_tree(host, guest)
+        if guest:
+            entries.insert(0, Entry(guest, Kind.DIR, 0o755))
+        programs = [str(e.source) for e in entries if e.kind is Kind.FILE and e.source is not None
+                    and _dynamic(e.source)]
+    else:
+        entries = [Entry(guest, Kind.FILE, host.stat().st_mode & 0o7777, source=host)]
+        programs = [str(host.resolve())] if _dynamic(host) else []
+    libs = [e for e in (elf.closure(programs, Path("/")) if programs else [])
+            if not (e.source is not None and str(e.source) in programs)]
+    return libs + entries
+
+
+def _dynamic(path: Path) -> bool:
+    from bootlab.image.build import _is_dynamic_elf
+
+    return _is_dynamic_elf(path)
+
+
+def cached_spec_image(spec: Spec, modules: list[str]) -> Path:
+    """A spec with its own init, built uncompressed into the cache for booting as it is."""
+    from bootlab.image import build
+    from bootlab.image.entry import fingerprint
+
+    entries = build.resolve(spec, extra_modules=modules)
+    key = cache.key("spec-image-v1", fingerprint(entries))
+    return cache.cached("initramfs", key, lambda tmp: tmp.write_bytes(build.archive(entries, "none")), ".cpio")

@@ -1,0 +1,106 @@
+"""Extraction never writes outside its destination and needs no root."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bootlab.image import cpio
+from bootlab.image.entry import Entry, Kind, file, symlink
+from bootlab.image.extract import MANIFEST, extract, safe_name
+from bootlab.image.initramfs import read_segments
+
+
+def raw_archive(names_and_data: list[tuple[str, int, bytes]]) -> bytes:
+    """Hand-made members (name, mode, data), including names our writer would refuse."""
+    out = b""
+    for i, (name, mode, data) in enumerate(names_and_data, 1):
+        out += cpio.header(ino=i, mode=mode, uid=0, gid=0, nlink=1, mtime=0, filesize=len(data),
+                           name=name.encode()) + data + b"\0" * (-len(data) % 4)
+    return out + cpio.header(ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, filesize=0, name=b"TRAILER!!!")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("a/b", "a/b"), ("./a", "a"), ("/etc/passwd", "etc/passwd"), ("../x", None), ("a/../../x", None),
+    (".", None), ("", None),
+])
+def test_safe_name(name: str, expected: str | None) -> None:
+    assert safe_name(name) == expected
+
+
+def test_hostile_archive_stays_inside(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    data = raw_archive([
+        ("../escape", 0o100644, b"no"),
+        ("/abs", 0o100644, b"abs is fine, inside"),
+        ("link", 0o120777, str(outside).encode()),  # a symlink pointing out ...
+        ("link/pwned", 0o100644, b"no"),            # ... and a file written through it
+        ("ok/file", 0o100644, b"yes"),
+    ])
+    report = extract(read_segments(data), dest)
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "escape").exists()
+    assert (dest / "abs").read_bytes() == b"abs is fine, inside"
+    assert (dest / "ok/file").read_bytes() == b"yes"
+    assert os.readlink(dest / "link") == str(outside)  # the link itself is kept, as data
+    whys = {s["name"]: s["why"] for s in report.skipped}
+    assert whys == {"../escape": "escapes the destination", "link/pwned": "would be written through a symlink"}
+    assert json.loads((dest / MANIFEST).read_text())["skipped"]
+
+
+def test_modes_links_and_patterns(tmp_path: Path) -> None:
+    entries = [Entry("ro", Kind.DIR, 0o555), file("ro/f", b"data", 0o400), symlink("s", "ro/f"),
+               file("x", b"1"), Entry("y", Kind.FILE, hardlink_of="x")]
+    buf = io.BytesIO()
+    cpio.write(buf, entries)
+    segs = read_segments(buf.getvalue())
+    extract(segs, tmp_path / "all")
+    assert (tmp_path / "all/ro/f").read_bytes() == b"data"
+    assert oct((tmp_path / "all/ro").stat().st_mode & 0o777) == oct(0o555)
+    assert (tmp_path / "all/x").stat().st_ino == (tmp_path / "all/y").stat().st_ino
+    assert (tmp_path / "all/y").read_bytes() == b"1"
+    extract(segs, tmp_path / "some", ["ro/*"])
+    assert sorted(p.name for p in (tmp_path / "some").rglob("*")) == ["f", "ro"]
+
+
+def test_without_root_nodes_and_owners_go_to_the_manifest() -> None:
+    """As a real unprivileged process: the CLI runs after setuid(nobody)."""
+    import tempfile
+
+    entries = [Entry("dev/console", Kind.CHAR, 0o600, rdev=(5, 1)),
+               Entry("home", Kind.FILE, 0o644, uid=1000, gid=1000, data=b"mine")]
+    buf = io.BytesIO()
+    cpio.write(buf, entries)
+    work = Path(tempfile.mkdtemp(prefix="bootlab-nonroot-"))  # /tmp/pytest-of-root is 0700
+    try:
+        os.chmod(work, 0o777)
+        img = work / "img.cpio"
+        img.write_bytes(buf.getvalue())
+        img.chmod(0o644)
+        dest = work / "out"
+        drop_and_run = (
+            "import os, sys, json, fnmatch, bootlab.cli, bootlab.image.extract, bootlab.image.listing\n"
+            "bootlab.cli.build_parser().parse_args(['initramfs', 'ls', 'x'])  # load lazy imports as root\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            f"sys.exit(bootlab.cli.main(['initramfs', 'extract', {str(img)!r}, '-C', {str(dest)!r}]))\n")
+        r = subprocess.run([sys.executable, "-c", drop_and_run], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count("\n") == 1 and "recorded in" in r.stderr
+        manifest = json.loads((dest / MANIFEST).read_text())
+        whys = {m["path"]: m["why"] for m in manifest["not_applied"]}
+        assert whys == {"dev/console": "device node needs root", "home": "ownership needs root"}
+        assert (dest / "home").read_bytes() == b"mine"
+        assert (dest / "home").stat().st_uid == 65534
+        assert not (dest / "dev/console").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(work)
