@@ -201,3 +201,39 @@ def test_spec_module_ext4_is_loaded_with_its_dependencies(tmp_path: Path) -> Non
 def _flip(data: bytes, at: int) -> bytes:
     """Invert 40 bytes inside a compressed segment."""
     return data[:at] + bytes(x ^ 0xFF for x in data[at:at + 40]) + data[at + 40:]
+
+
+def test_early_segment_comes_first_uncompressed(tmp_path: Path) -> None:
+    early = tmp_path / "early/kernel/x86/microcode"
+    early.mkdir(parents=True)
+    (early / "AuthenticAMD.bin").write_bytes(b"\x02" * 300)
+    spec = tmp_path / "s.toml"
+    spec.write_text('init = "#!/bin/sh\\n"\n')
+    out = tmp_path / "img"
+    r = bootlab_cli("initramfs", "build", str(spec), "-o", str(out), "--compress", "zstd",
+                    "--early", str(tmp_path / "early"))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(bootlab_cli("initramfs", "examine", "--json", str(out)).stdout)
+    assert [row["compression"] for row in rows] == ["none", "zstd"]
+    names = bootlab_cli("initramfs", "ls", str(out)).stdout.decode().splitlines()
+    assert names[:4] == ["kernel", "kernel/x86", "kernel/x86/microcode", "kernel/x86/microcode/AuthenticAMD.bin"]
+
+
+@pytest.mark.vm
+def test_dynamic_c_init_gets_its_libraries(tmp_path: Path) -> None:
+    """The seeds' classic: a dynamically linked /init. The builder adds ld.so and libc itself."""
+    src = tmp_path / "init.c"
+    src.write_text('#include <stdio.h>\n#include <unistd.h>\n#include <sys/reboot.h>\n'
+                   'int main(void) { printf("dynamic init ok\\n"); fflush(stdout); sync();\n'
+                   '  reboot(RB_AUTOBOOT); return 0; }\n')
+    binary = tmp_path / "init"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(src)], check=True)
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'init_file = "{binary}"\n')
+    img = tmp_path / "img"
+    assert bootlab_cli("initramfs", "build", str(spec), "-o", str(img)).returncode == 0
+    names = bootlab_cli("initramfs", "ls", str(img)).stdout.decode().splitlines()
+    assert any(n.endswith("libc.so.6") for n in names) and "lib64" in names
+    r = bootlab_cli("run", "--initrd", str(img), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert b"dynamic init ok" in r.stdout

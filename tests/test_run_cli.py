@@ -152,3 +152,11 @@ def test_verbose_shows_the_console_on_stderr_only() -> None:
     assert r.returncode == 0
     assert r.stdout == b"hi\n"
     assert b"Linux version" in r.stderr and b"Run /init as init process" in r.stderr
+
+
+def test_cpus_and_memory_reach_the_guest() -> None:
+    r = bootlab_cli("run", "--cpus", "2", "--memory", "1G", "--", "sh", "-c", "nproc; grep MemTotal /proc/meminfo")
+    assert r.returncode == 0, r.stderr
+    cpus, mem = r.stdout.decode().splitlines()
+    assert cpus == "2"
+    assert 900_000 < int(mem.split()[1]) <= 1_048_576  # kB: 1 GiB less what the kernel keeps
