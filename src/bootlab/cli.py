@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from bootlab import __version__
 from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
+
+if TYPE_CHECKING:
+    from bootlab.image.entry import Entry
+    from bootlab.vm.vm import VM
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
@@ -228,8 +234,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if not cmd:
         return _interactive(vm, args.timeout)
-    import time
-
     start = time.monotonic()
     with vm:
         _notice(vm, args.verbose)
@@ -238,14 +242,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         remaining = max(0.1, args.timeout - (time.monotonic() - start))
         r = vm.run(cmd, input=stdin, stdout=out, stderr=err, timeout=remaining)
     if r.exec_errno is not None:
-        import os
-
         what = "command not found" if r.returncode == 127 else os.strerror(r.exec_errno).lower()
         _err(f"{cmd[0]}: {what} in the guest")
     return r.returncode
 
 
-def _guest_content(args: argparse.Namespace) -> tuple[Path | None, list]:  # type: ignore[type-arg]
+def _guest_content(args: argparse.Namespace) -> tuple[Path | None, list[Entry]]:
     """(--initrd or a spec's own image, entries to add to bootlab's guest)."""
     from bootlab.image import adds
 
@@ -269,17 +271,15 @@ def _guest_content(args: argparse.Namespace) -> tuple[Path | None, list]:  # typ
     return None, extra
 
 
-def _notice(vm: object, verbose: bool) -> None:
-    accel = getattr(vm, "accel", None)
+def _notice(vm: VM, verbose: bool) -> None:
+    accel = vm.accel
     if accel is not None and accel.notice and (verbose or (accel.probed and sys.stderr.isatty())):
         _err(accel.notice)
 
 
-def _interactive(vm: object, timeout: float) -> int:
+def _interactive(vm: VM, timeout: float) -> int:
     from bootlab.analysis.console import OutcomeKind, analyze
-    from bootlab.vm.vm import VM
 
-    assert isinstance(vm, VM)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C belongs to the guest's shell
     try:
         vm.start()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bootlab import cache
 from bootlab.errors import BadInput
-from bootlab.image.entry import Entry, Kind, Tree
+from bootlab.image.entry import Entry, Kind
 from bootlab.image.spec import Spec, host_tree
 
 

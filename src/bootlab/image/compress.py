@@ -307,7 +307,7 @@ CODECS: dict[str, Codec] = {c.name: c for c in (
     Codec("lz4", _LZ4_MAGIC, _lz4_compress, _lz4_decompress),
     Codec("zstd", b"\x28\xb5\x2f\xfd", _zstd_compress,
           lambda v: _decode_one("zstd", zstandard.ZstdDecompressor().decompressobj(), v),
-          lambda: zstandard.ZstdDecompressor().decompressobj(write_size=1 << 20)),
+          lambda: zstandard.ZstdDecompressor().decompressobj(write_size=128 << 10)),
 )}
 
 

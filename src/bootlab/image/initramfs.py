@@ -7,6 +7,8 @@ Between segments the kernel skips NUL padding; anything else it cannot read is a
 
 from __future__ import annotations
 
+import mmap
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +110,16 @@ def _rebase(m: Member, base: int) -> Member:
 
 def load(path: Path, *, keep_data: bool = True) -> list[Segment]:
     try:
+        if not keep_data:
+            # Listing: map the file instead of copying it; only headers survive the scan.
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size:
+                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                        view = memoryview(mapped)
+                        try:
+                            return read_segments(view, keep_data=False)  # type: ignore[arg-type]
+                        finally:
+                            view.release()
         data = path.read_bytes()
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None

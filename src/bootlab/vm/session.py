@@ -10,7 +10,6 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 from bootlab.errors import BootlabError
 from bootlab.vm.machine import Machine
