@@ -112,14 +112,12 @@ def load(path: Path, *, keep_data: bool = True) -> list[Segment]:
     try:
         if not keep_data:
             # Listing: map the file instead of copying it; only headers survive the scan.
+            # Not closed explicitly: on an error, slices of it live on in the traceback; the
+            # mapping goes with its last reference (listings keep no pointer into it).
             with open(path, "rb") as f:
                 if os.fstat(f.fileno()).st_size:
-                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                        view = memoryview(mapped)
-                        try:
-                            return read_segments(view, keep_data=False)  # type: ignore[arg-type]
-                        finally:
-                            view.release()
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    return read_segments(memoryview(mapped), keep_data=False)  # type: ignore[arg-type]
         data = path.read_bytes()
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
