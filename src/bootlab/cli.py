@@ -17,6 +17,7 @@ from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
 
 if TYPE_CHECKING:
     from bootlab.image.entry import Entry
+    from bootlab.vm.machine import Disk
     from bootlab.vm.vm import VM
 
 EXIT_USAGE = 2
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="put a host file or tree in the guest (its ELF libraries come along; repeatable)")
     run.add_argument("--spec", type=Path, metavar="FILE",
                      help="add what an initramfs spec describes; a spec with its own init is booted as it is")
+    run.add_argument("--disk", action="append", default=[], metavar="IMG[,ro]",
+                     help="attach a disk image as /dev/vda, /dev/vdb ... (,ro: read-only; "
+                          ",format=qcow2 for QEMU's own format; repeatable)")
+    run.add_argument("--root", metavar="DEV",
+                     help="switch into this disk (e.g. /dev/vda) and run CMD there (no CMD: its /sbin/init)")
+    run.add_argument("--rootfstype", metavar="TYPE", help="the root's filesystem (default: read from the disk)")
     run.add_argument("--initrd", type=Path, metavar="FILE",
                      help="boot this initramfs as it is, with its own /init and the console attached")
     run.add_argument("--timeout", type=_seconds, default=3600.0, metavar="SECONDS",
@@ -228,7 +235,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     vm = VM(args.kernel, memory=args.memory, cpus=args.cpus, accel=args.accel, append=append,
             modules=args.module, busybox=args.busybox, console_log=args.console_log,
             live_console=args.verbose, boot_timeout=args.timeout, interactive=not cmd,
-            initrd=initrd, extra_entries=extra)
+            initrd=initrd, extra_entries=extra, disks=[_disk(d) for d in args.disk],
+            root=args.root, rootfstype=args.rootfstype)
     if args.dry_run:
         print(shlex.join(vm.machine().argv()))
         return 0
@@ -245,6 +253,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         what = "command not found" if r.returncode == 127 else os.strerror(r.exec_errno).lower()
         _err(f"{cmd[0]}: {what} in the guest")
     return r.returncode
+
+
+def _disk(value: str) -> Disk:
+    """IMG[,ro|rw][,format=F]"""
+    from bootlab.vm.machine import Disk
+
+    path, *opts = value.split(",")
+    readonly, fmt = False, "raw"
+    for o in opts:
+        if o in ("ro", "rw"):
+            readonly = o == "ro"
+        elif o.startswith("format=") and re.fullmatch(r"format=(raw|qcow2)", o):
+            fmt = o.split("=", 1)[1]
+        else:
+            raise BadInput(f"--disk {value!r}: unknown option {o!r} (known: ro, rw, format=raw|qcow2)")
+    if not path:
+        raise BadInput(f"--disk {value!r}: no image path")
+    return Disk(Path(path), readonly, fmt)
 
 
 def _guest_content(args: argparse.Namespace) -> tuple[Path | None, list[Entry]]:

@@ -31,6 +31,7 @@ class GuestSpec:
     busybox: Path
     modules_root: Path | None = None  # /lib/modules/<release>
     module_paths: list[str] = field(default_factory=list)  # relative to modules_root, load order
+    optional_modules: set[str] = field(default_factory=set)  # soft dependencies: failing is fine
     extra: list[Entry] = field(default_factory=list)
 
 
@@ -67,7 +68,7 @@ def entries(spec: GuestSpec) -> list[Entry]:
         for rel in spec.module_paths:
             e = _module_entry(spec.modules_root, rel, release)
             tree.add(e)
-            load_list.append("/" + e.path)
+            load_list.append(("-" if rel in spec.optional_modules else "") + "/" + e.path)
     tree.add(file("etc/bootlab/modules", "".join(p + "\n" for p in load_list).encode()))
     tree.extend(spec.extra)
     epoch = source_date_epoch()
@@ -80,6 +81,7 @@ def cache_key(spec: GuestSpec) -> str:
         if spec.modules_root is not None else []
     return cache.key(FORMAT_VERSION, source_date_epoch(), cache.file_identity(spec.agent),
                      cache.file_identity(spec.busybox), str(spec.modules_root), spec.module_paths,
+                     sorted(spec.optional_modules),
                      modules, fingerprint(spec.extra))
 
 

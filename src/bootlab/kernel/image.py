@@ -92,9 +92,44 @@ def inspect(path: Path) -> KernelImage:
     if len(head) >= 0x250 and head[_HEADER_MAGIC:_HEADER_MAGIC + 4] == b"HdrS" \
             and head[_BOOT_FLAG:_BOOT_FLAG + 2] == b"\x55\xaa":
         return _inspect_bzimage(path, head)
-    if len(head) >= 0x40 and head[_ARM64_MAGIC_OFFSET:_ARM64_MAGIC_OFFSET + 4] == _ARM64_MAGIC:
+    if _is_arm64_image(head):
         return KernelImage(path, KernelFormat.ARM64_IMAGE, _scan_version(path.read_bytes()))
+    if head.startswith(b"\x1f\x8b"):
+        # `make` on arm64 builds Image.gz, which QEMU's -kernel boots as is. (Debian's arm64
+        # vmlinuz is an uncompressed Image, handled above.)
+        z = zlib.decompressobj(wbits=31)
+        try:
+            start = z.decompress(head, 0x40)
+        except zlib.error:
+            start = b""
+        if _is_arm64_image(start):
+            return KernelImage(path, KernelFormat.ARM64_IMAGE, _gzip_version(path),
+                               payload_compression="gzip")
     raise BadInput(f"kernel {path}: not a kernel image (no bzImage header, ELF or arm64 Image magic)")
+
+
+def _is_arm64_image(head: bytes) -> bool:
+    return len(head) >= 0x40 and head[_ARM64_MAGIC_OFFSET:_ARM64_MAGIC_OFFSET + 4] == _ARM64_MAGIC
+
+
+def _gzip_version(path: Path) -> str | None:
+    """The banner of a gzipped kernel, decompressing in chunks only as far as the banner."""
+    z = zlib.decompressobj(wbits=31)
+    tail = b""
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                data = tail + z.decompress(chunk)
+                i = data.find(b"Linux version ")
+                if i >= 0 and len(data) - i >= 300:
+                    return _scan_version(data[i:])
+                # Keep enough to complete a banner that straddles two chunks.
+                tail = data[i:] if i >= 0 else data[-300:]
+                if z.eof:
+                    break
+    except zlib.error:
+        pass
+    return _scan_version(tail)
 
 
 def _inspect_bzimage(path: Path, head: bytes) -> KernelImage:

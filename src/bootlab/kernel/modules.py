@@ -27,6 +27,8 @@ class ModuleIndex:
     raw_deps: dict[str, str] = field(default_factory=dict)  # name -> its modules.dep right side
     paths: dict[str, str] = field(default_factory=dict)  # name -> path relative to root
     builtin: set[str] = field(default_factory=set)
+    softdeps: dict[str, list[str]] = field(default_factory=dict)  # name -> "pre:" names or aliases
+    _aliases: dict[str, list[str]] | None = None
 
     @classmethod
     def load(cls, root: Path) -> "ModuleIndex":
@@ -45,31 +47,69 @@ class ModuleIndex:
             name = _module_name(target)
             idx.paths[name] = target
             idx.raw_deps[name] = rest  # parsed only for the modules asked for
+        softdep = root / "modules.softdep"
+        if softdep.exists():
+            for line in softdep.read_text().splitlines():
+                words = line.split()
+                if len(words) >= 3 and words[0] == "softdep" and "pre:" in words:
+                    pre = words[words.index("pre:") + 1:]
+                    if "post:" in pre:
+                        pre = pre[:pre.index("post:")]
+                    idx.softdeps[_canonical(words[1])] = pre
         builtin = root / "modules.builtin"
         if builtin.exists():
             idx.builtin = {_module_name(l.strip()) for l in builtin.read_text().splitlines() if l.strip()}
         return idx
+
+    def aliases(self, alias: str) -> list[str]:
+        """Modules providing a plain (wildcard-free) alias, as modules.alias lists them."""
+        if self._aliases is None:
+            self._aliases = {}
+            f = self.root / "modules.alias"
+            if f.exists():
+                for line in f.read_text().splitlines():
+                    w = line.split()
+                    if len(w) == 3 and w[0] == "alias" and not any(c in w[1] for c in "*?["):
+                        self._aliases.setdefault(w[1], []).append(_canonical(w[2]))
+        return self._aliases.get(alias, [])
 
     def deps(self, name: str) -> list[str]:
         return [_module_name(d) for d in self.raw_deps.get(name, "").split()]
 
     def closure(self, names: list[str]) -> list[str]:
         """Module paths to load, dependencies first, each once; built-in modules are skipped."""
+        return self.resolve(names)[0]
+
+    def resolve(self, names: list[str]) -> tuple[list[str], set[str]]:
+        """(paths in load order, the subset wanted only as soft dependencies).
+
+        Soft dependencies ("softdep ext4 pre: crypto-crc32c") are what modprobe loads first
+        without a symbol needing them; ext4 cannot mount without a crc32c. An alias may name
+        several providers (crc32c_intel, crc32c_generic): all come, and failing to load one of
+        them (no SSE4.2 under TCG) is not an error."""
         order: list[str] = []
         seen: set[str] = set()
+        hard: set[str] = set()
 
-        def visit(name: str, chain: tuple[str, ...]) -> None:
-            if name in seen or name in self.builtin:
-                return
+        def visit(name: str, chain: tuple[str, ...], soft: bool) -> None:
+            if name in self.builtin or name in chain:
+                return  # built in, or a cycle in modules.dep the kernel would refuse too
             if name not in self.paths:
+                if soft:
+                    return
                 raise BadInput(f"module {name!r} not found in {self.root} (and not built in)")
-            if name in chain:
-                return  # a cycle in modules.dep; the kernel would refuse it too
-            for dep in self.deps(name):
-                visit(dep, chain + (name,))
+            if not soft:
+                hard.add(name)
+            if name in seen:
+                return
             seen.add(name)
+            for pre in self.softdeps.get(name, []):
+                for provider in ([_canonical(pre)] if _canonical(pre) in self.paths else self.aliases(pre)):
+                    visit(provider, chain + (name,), True)
+            for dep in self.deps(name):
+                visit(dep, chain + (name,), soft)
             order.append(self.paths[name])
 
         for n in names:
-            visit(_canonical(n), ())
-        return order
+            visit(_canonical(n), (), False)
+        return order, {self.paths[n] for n in seen - hard}

@@ -17,6 +17,7 @@ class Arch:
     console: str  # the kernel console device name
     virtio_bus_modules: tuple[str, ...]  # what makes virtio devices appear on this machine
     serial_device: str  # the virtio-serial controller on that bus
+    block_device: str  # a virtio disk on that bus
     cc: str  # C compiler that targets it (for the static guest agent)
     debian_arch: str
     kernel_args: tuple[str, ...] = ()
@@ -38,6 +39,7 @@ ARCHES: dict[str, Arch] = {
             console="ttyS0",
             virtio_bus_modules=("virtio_mmio",),
             serial_device="virtio-serial-device",
+            block_device="virtio-blk-device",
             cc="cc",
             debian_arch="amd64",
             tcg_tsc_hint=True,
@@ -50,6 +52,7 @@ ARCHES: dict[str, Arch] = {
             console="ttyAMA0",
             virtio_bus_modules=("virtio_mmio",),
             serial_device="virtio-serial-device",
+            block_device="virtio-blk-device",
             cc="aarch64-linux-gnu-gcc",
             debian_arch="arm64",
         ),

@@ -15,6 +15,20 @@ def _opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
+@dataclass(frozen=True)
+class Disk:
+    """A host image attached as a virtio block device (/dev/vda, /dev/vdb ... in order)."""
+
+    path: Path
+    readonly: bool = False
+    format: str = "raw"
+
+    def args(self, index: int, device: str) -> list[str]:
+        ro = "on" if self.readonly else "off"
+        return ["-drive", f"file={_opt(self.path)},if=none,id=disk{index},format={self.format},readonly={ro}",
+                "-device", f"{device},drive=disk{index}"]
+
+
 @dataclass
 class Machine:
     arch: Arch
@@ -27,6 +41,7 @@ class Machine:
     accel: str = "tcg"
     console_stdio: bool = False  # also show the console on QEMU's stdio (interactive use, -v)
     agent_socket: str | None = None  # abstract unix socket the agent's port connects to
+    disks: list[Disk] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
@@ -47,4 +62,6 @@ class Machine:
             argv += ["-device", a.serial_device,
                      "-chardev", f"socket,id=agent,path={_opt(self.agent_socket)},abstract=on",
                      "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}"]
+        for i, disk in enumerate(self.disks):
+            argv += disk.args(i, a.block_device)
         return argv + self.extra_args

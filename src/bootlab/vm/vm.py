@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import signal as signals
 import threading
@@ -27,7 +28,7 @@ from bootlab.kernel.modules import ModuleIndex
 from bootlab.vm import accel as accel_mod
 from bootlab.vm import arch as arch_mod
 from bootlab.vm.agent_build import agent_binary
-from bootlab.vm.machine import Machine
+from bootlab.vm.machine import Disk, Machine
 from bootlab.vm.protocol import STDIN_CHUNK, Channel, Frame, T, decode_exec_error, decode_exit, encode, encode_exec
 from bootlab.vm.session import Session
 
@@ -100,7 +101,9 @@ class VM:
                  busybox: str | Path | None = None, console_log: str | Path | None = None,
                  live_console: bool = False, boot_timeout: float = 120.0,
                  interactive: bool = False, prefer_pvh: bool = True,
-                 initrd: str | Path | None = None, extra_entries: Sequence[Entry] = ()) -> None:
+                 initrd: str | Path | None = None, extra_entries: Sequence[Entry] = (),
+                 disks: Sequence[Disk | str | Path] = (), root: str | None = None,
+                 rootfstype: str | None = None) -> None:
         self.arch = arch_mod.get(arch)
         self.kernel_path = Path(kernel) if kernel is not None else find.default_kernel()
         self.memory = memory
@@ -116,6 +119,9 @@ class VM:
         self.prefer_pvh = prefer_pvh
         self.initrd = Path(initrd) if initrd is not None else None  # booted as it is: no agent
         self.extra_entries = list(extra_entries)
+        self.disks = [d if isinstance(d, Disk) else Disk(Path(d)) for d in disks]
+        self.root = root  # a guest device to switch_root into, e.g. /dev/vda
+        self.rootfstype = rootfstype
         self.accel: accel_mod.AccelChoice | None = None
         self.release: str | None = None  # the guest's `uname -r`, once booted
         self.boot_seconds: float | None = None
@@ -149,24 +155,69 @@ class VM:
             append.append(f"tsc_early_khz={khz}")
         if self.interactive and not own_image:
             append.append("bootlab.shell")
+        if self.root is not None:
+            append += [f"bootlab.root={self.root}", f"bootlab.rootfstype={self._root_fstype()}"]
+            if self._root_disk() is not None and self._root_disk().readonly:  # type: ignore[union-attr]
+                append.append("bootlab.rootflags=ro")
         append += self.user_append
         return Machine(arch=self.arch, kernel=kernel.boot_path, console_log=self.console_log,
                        initrd=initrd, append=append, memory=self.memory, cpus=self.cpus,
                        accel=self.accel.name, console_stdio=self.interactive or self.live_console,
                        agent_socket=None if self.interactive or own_image
-                       else f"bootlab-{os.getpid()}-{secrets.token_hex(6)}")
+                       else f"bootlab-{os.getpid()}-{secrets.token_hex(6)}",
+                       disks=self.disks)
+
+    def _check_disks(self) -> None:
+        for d in self.disks:
+            if not d.path.is_file():
+                raise BadInput(f"--disk {d.path}: no such image file")
+            if not os.access(d.path, os.R_OK | (0 if d.readonly else os.W_OK)):
+                raise BadInput(f"--disk {d.path}: permission denied{'' if d.readonly else ' (add ,ro to attach it read-only)'}")
+        if self.root is not None:
+            if not self.disks:
+                raise BadInput(f"--root {self.root}: attach the disk with --disk IMG")
+            if not re.fullmatch(r"/dev/vd[a-z]", self.root):
+                raise BadInput(f"--root {self.root}: expected a virtio disk such as /dev/vda")
+
+    def _root_disk(self) -> Disk | None:
+        if self.root is None:
+            return None
+        index = ord(self.root[-1]) - ord("a")
+        return self.disks[index] if index < len(self.disks) else None
+
+    def _root_fstype(self) -> str:
+        """The root's filesystem, from its superblock unless given: ext2/3/4 all mount as ext4."""
+        if self.rootfstype:
+            return self.rootfstype
+        disk = self._root_disk()
+        if disk is None:
+            raise BadInput(f"--root {self.root}: only {len(self.disks)} disk(s) attached")
+        with open(disk.path, "rb") as f:
+            f.seek(1080)
+            magic = f.read(2)
+        if magic == b"\x53\xef":
+            return "ext4"
+        raise BadInput(f"--root {self.root}: {disk.path} has no ext2/3/4 filesystem; "
+                       "give its type with --rootfstype")
 
     def _initramfs(self, release: str | None) -> Path:
+        self._check_disks()
         mods_root = find.modules_dir(release)
         paths: list[str] = []
         wanted = [*self.arch.virtio_bus_modules, "virtio_console", *self.user_modules]
+        if self.disks:
+            wanted.append("virtio_blk")
+        if self.root is not None:
+            wanted.append(self._root_fstype())
+        optional: set[str] = set()
         if mods_root is not None:
-            paths = ModuleIndex.load(mods_root).closure(wanted)
+            paths, optional = ModuleIndex.load(mods_root).resolve(wanted)
         elif self.user_modules:
             raise BadInput(f"no /lib/modules/{release} for kernel {self.kernel_path}: cannot add "
                            f"modules {', '.join(self.user_modules)}")
         spec = guest.GuestSpec(agent=agent_binary(self.arch), busybox=bb.find_busybox(self.busybox),
-                               modules_root=mods_root, module_paths=paths, extra=self.extra_entries)
+                               modules_root=mods_root, module_paths=paths, optional_modules=optional,
+                               extra=self.extra_entries)
         return guest.build(spec)
 
     # ---- lifecycle ----

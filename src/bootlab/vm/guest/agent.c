@@ -65,9 +65,15 @@ static void say(const char *fmt, ...)
 	}
 }
 
+static int root_switched;
+
 static void power_off(void)
 {
 	sync();
+	/* A disk root left clean: its journal needs no replay next time (a read-only attach
+	 * could not replay it). Busy files make this fail; then the sync above is what we have. */
+	if (root_switched)
+		mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
 	/* With QEMU's -no-reboot a restart ends the VM at once; an ACPI power-off is slower. */
 	reboot(RB_AUTOBOOT);
 	for (;;)
@@ -166,13 +172,15 @@ static void load_modules(void)
 		line[strcspn(line, "\r\n")] = 0;
 		if (!line[0] || line[0] == '#')
 			continue;
-		int fd = open(line, O_RDONLY | O_CLOEXEC);
+		int optional = line[0] == '-'; /* a soft dependency: one of several providers */
+		const char *path = line + optional;
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0) {
-			say("module %s: %s", line, strerror(errno));
+			say("module %s: %s", path, strerror(errno));
 			continue;
 		}
-		if (syscall(SYS_finit_module, fd, "", 0) && errno != EEXIST)
-			say("loading module %s failed: %s", line, strerror(errno));
+		if (syscall(SYS_finit_module, fd, "", 0) && errno != EEXIST && !optional)
+			say("loading module %s failed: %s", path, strerror(errno));
 		close(fd);
 	}
 	fclose(f);
@@ -196,6 +204,65 @@ static int cmdline_has(const char *word)
 		if (starts && (end == 0 || end == ' ' || end == '\n' || end == '='))
 			return 1;
 	}
+	return 0;
+}
+
+/* The value of kernel argument `key=value` (a fresh copy), or NULL. */
+static const char *cmdline_value(const char *key)
+{
+	static char buf[4096];
+	char value[512];
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return NULL;
+	buf[n] = 0;
+	size_t kl = strlen(key);
+	for (char *p = buf; (p = strstr(p, key)); p += kl) {
+		if ((p == buf || p[-1] == ' ') && p[kl] == '=') {
+			size_t vl = strcspn(p + kl + 1, " \n");
+			if (vl >= sizeof value)
+				vl = sizeof value - 1;
+			memcpy(value, p + kl + 1, vl);
+			value[vl] = 0;
+			return strdup(value);
+		}
+	}
+	return NULL;
+}
+
+/* Mount the disk named by bootlab.root and make it / for everything that follows, keeping
+ * /dev, /proc and /sys. Our binary stays mapped from the initramfs, which stays underneath. */
+static int switch_root(const char *dev)
+{
+	const char *fstype = cmdline_value("bootlab.rootfstype");
+	const char *flags = cmdline_value("bootlab.rootflags");
+	unsigned long mflags = flags && !strcmp(flags, "ro") ? MS_RDONLY : 0;
+	struct stat st;
+	for (int i = 0; i < 2000 && stat(dev, &st); i++)
+		usleep(5000); /* the disk appears once virtio_blk has probed it */
+	mkdir("/newroot", 0755);
+	/* Read-only: ext4 must not try to replay a journal on a device it cannot write. */
+	const char *data = (mflags & MS_RDONLY) && (!fstype || !strncmp(fstype, "ext", 3)) ? "noload" : NULL;
+	if (mount(dev, "/newroot", fstype ? fstype : "ext4", mflags, data)) {
+		say("cannot mount root %s (%s): %s", dev, fstype ? fstype : "ext4", strerror(errno));
+		return -1;
+	}
+	static const char *moved[] = {"/dev", "/proc", "/sys"};
+	for (size_t i = 0; i < sizeof moved / sizeof *moved; i++) {
+		char target[64];
+		snprintf(target, sizeof target, "/newroot%s", moved[i]);
+		if (mount(moved[i], target, NULL, MS_MOVE, NULL))
+			say("root %s has no %s to move into (%s); it will be missing", dev, moved[i], strerror(errno));
+	}
+	if (chdir("/newroot") || mount(".", "/", NULL, MS_MOVE, NULL) || chroot(".") || chdir("/")) {
+		say("switching root to %s failed: %s", dev, strerror(errno));
+		return -1;
+	}
+	root_switched = 1;
 	return 0;
 }
 
@@ -475,11 +542,6 @@ static int open_port(void)
 
 static void serve(void)
 {
-	port = open_port();
-	if (port < 0) {
-		say("no virtio-serial port %s after 10 s: is virtio_console available?", "/dev/vport0p1");
-		power_off();
-	}
 	frame = malloc(MAX_FRAME);
 	sigset_t mask;
 	sigemptyset(&mask);
@@ -566,7 +628,24 @@ int main(void)
 	mount_basics();
 	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
 	load_modules();
-	if (cmdline_has("bootlab.shell"))
+	const char *root = cmdline_value("bootlab.root");
+	int interactive = cmdline_has("bootlab.shell");
+	if (!interactive) {
+		/* Opened before any root switch: the descriptor outlives the move of /dev. */
+		port = open_port();
+		if (port < 0) {
+			say("no virtio-serial port %s after 10 s: is virtio_console available?", "/dev/vport0p1");
+			power_off();
+		}
+	}
+	if (root && switch_root(root))
+		power_off();
+	if (root && interactive) {
+		/* No command: the disk's own init takes over as PID 1, on the console. */
+		execl("/sbin/init", "/sbin/init", (char *)NULL);
+		say("cannot run /sbin/init on %s: %s; starting a shell instead", root, strerror(errno));
+	}
+	if (interactive)
 		interactive_shell();
 	serve();
 	return 0;
