@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "its stdout, stderr and exit status come back as if it ran here.",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES)
     run.add_argument("--kernel", type=Path, metavar="PATH",
-                     help="kernel image (bzImage or vmlinux); default: the newest /boot/vmlinuz-*")
+                     help="kernel image (bzImage, vmlinux, arm64 Image); default: the newest "
+                          "/boot/vmlinuz-*, or for another --arch Debian's kernel, fetched once")
+    run.add_argument("--arch", metavar="ARCH", help="x86_64 or aarch64 (default: the host's)")
     run.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                      help="accelerator; auto uses KVM only if a quick probe shows it works (default: auto)")
     run.add_argument("-m", "--memory", type=_memory, default="512M", help="guest memory (default: 512M)")
@@ -98,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--root", metavar="DEV",
                      help="switch into this disk (e.g. /dev/vda) and run CMD there (no CMD: its /sbin/init)")
     run.add_argument("--rootfstype", metavar="TYPE", help="the root's filesystem (default: read from the disk)")
+    run.add_argument("--share", action="append", default=[], metavar="HOST[:GUEST][,rw]",
+                     help="share a host directory over virtio-9p, read-only unless ,rw; "
+                          "GUEST defaults to the same path (repeatable)")
+    run.add_argument("--host-root", action="store_true",
+                     help="the host's / as the guest's root, read-only under a tmpfs overlay: "
+                          "host programs run in the guest")
     run.add_argument("--initrd", type=Path, metavar="FILE",
                      help="boot this initramfs as it is, with its own /init and the console attached")
     run.add_argument("--timeout", type=_seconds, default=3600.0, metavar="SECONDS",
@@ -109,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
                      help="the command to run; none: an interactive shell on the console")
     _add_initramfs(sub)
+    kern = sub.add_parser("kernel", help="get kernels to boot", formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n  bootlab kernel fetch --arch aarch64\n"
+                                 "  bootlab kernel fetch linux-image-6.1.0-56-amd64\n")
+    ksub = kern.add_subparsers(dest="kernel_command", metavar="ACTION", parser_class=_Parser)
+    fetch = ksub.add_parser("fetch", help="download a Debian kernel package into the cache (no install)")
+    fetch.add_argument("--arch", default=None, metavar="ARCH", help="x86_64 or aarch64 (default: the host's)")
+    fetch.add_argument("package", nargs="?", metavar="PACKAGE",
+                       help="a linux-image package (default: linux-image-<debian arch>, the newest)")
     return p
 
 
@@ -208,6 +224,20 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernel(args: argparse.Namespace) -> int:
+    from bootlab.kernel import fetch
+    from bootlab.vm import arch as arches
+
+    if args.kernel_command is None:
+        raise BadInput("kernel: say what to do: fetch (see --help)")
+    name = arches.get(args.arch).name
+    got = fetch.fetch_kernel(name, args.package, progress=lambda line: _err(line))
+    busybox = fetch.fetch_busybox(name, progress=lambda line: _err(line))
+    print(f"kernel  {got.kernel}\nmodules {got.modules_dir}\nbusybox {busybox}\n"
+          f"release {got.release} ({got.package} {got.version})")
+    return 0
+
+
 def _err(message: str) -> None:
     print(f"bootlab: {message}", file=sys.stderr, flush=True)
 
@@ -236,7 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             modules=args.module, busybox=args.busybox, console_log=args.console_log,
             live_console=args.verbose, boot_timeout=args.timeout, interactive=not cmd,
             initrd=initrd, extra_entries=extra, disks=[_disk(d) for d in args.disk],
-            root=args.root, rootfstype=args.rootfstype)
+            root=args.root, rootfstype=args.rootfstype, shares=[_share(v) for v in args.share],
+            host_root=args.host_root, arch=args.arch)
     if args.dry_run:
         print(shlex.join(vm.machine().argv()))
         return 0
@@ -271,6 +302,18 @@ def _disk(value: str) -> Disk:
     if not path:
         raise BadInput(f"--disk {value!r}: no image path")
     return Disk(Path(path), readonly, fmt)
+
+
+def _share(value: str) -> tuple[Path, str, bool]:
+    """HOST[:GUEST][,rw|ro]"""
+    spec, _, opt = value.partition(",")
+    if opt not in ("", "rw", "ro"):
+        raise BadInput(f"--share {value!r}: unknown option {opt!r} (known: rw, ro)")
+    host, _, guest = spec.partition(":")
+    if not host:
+        raise BadInput(f"--share {value!r}: expected HOST[:GUEST][,rw]")
+    path = Path(os.path.expanduser(host)).resolve()
+    return path, guest or str(path), opt == "rw"
 
 
 def _guest_content(args: argparse.Namespace) -> tuple[Path | None, list[Entry]]:
@@ -336,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "initramfs":
             return cmd_initramfs(args)
+        if args.command == "kernel":
+            return cmd_kernel(args)
         return cmd_run(args)
     except BadInput as e:
         _err(f"error: {e}")

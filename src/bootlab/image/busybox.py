@@ -35,11 +35,19 @@ def _is_static(path: Path) -> bool:
 
 
 def applets(busybox: Path) -> list[str]:
-    """The install paths busybox itself reports (`--list-full`), e.g. 'bin/sh', 'usr/bin/awk'."""
+    """The install paths busybox itself reports (`--list-full`), e.g. 'bin/sh', 'usr/bin/awk'.
+
+    A busybox of another architecture cannot run here; the host's busybox (the same Debian
+    package, so the same applets) answers for it."""
     try:
         out = subprocess.run([str(busybox), "--list-full"], capture_output=True, check=True,
                              timeout=10).stdout.decode()
-    except (OSError, subprocess.SubprocessError) as e:
+    except OSError as e:
+        host = next((p for p in DEFAULT_PATHS if p.is_file() and p != busybox), None)
+        if e.errno == 8 and host is not None:  # ENOEXEC: another architecture
+            return applets(host)
+        raise BadInput(f"busybox {busybox}: cannot list its applets ({e})") from None
+    except subprocess.SubprocessError as e:
         raise BadInput(f"busybox {busybox}: cannot list its applets ({e})") from None
     return [line.strip().lstrip("/") for line in out.splitlines() if line.strip()]
 

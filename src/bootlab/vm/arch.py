@@ -18,6 +18,7 @@ class Arch:
     virtio_bus_modules: tuple[str, ...]  # what makes virtio devices appear on this machine
     serial_device: str  # the virtio-serial controller on that bus
     block_device: str  # a virtio disk on that bus
+    p9_device: str  # a virtio-9p share on that bus
     cc: str  # C compiler that targets it (for the static guest agent)
     debian_arch: str
     kernel_args: tuple[str, ...] = ()
@@ -40,6 +41,7 @@ ARCHES: dict[str, Arch] = {
             virtio_bus_modules=("virtio_mmio",),
             serial_device="virtio-serial-device",
             block_device="virtio-blk-device",
+            p9_device="virtio-9p-device",
             cc="cc",
             debian_arch="amd64",
             tcg_tsc_hint=True,
@@ -48,11 +50,13 @@ ARCHES: dict[str, Arch] = {
             name="aarch64",
             qemu="qemu-system-aarch64",
             machine="virt",
-            cpu="max",
+            # "max" emulates pointer authentication, 4.5x slower under TCG; a57 boots in 1.5 s.
+            cpu="cortex-a57",
             console="ttyAMA0",
             virtio_bus_modules=("virtio_mmio",),
             serial_device="virtio-serial-device",
             block_device="virtio-blk-device",
+            p9_device="virtio-9p-device",
             cc="aarch64-linux-gnu-gcc",
             debian_arch="arm64",
         ),

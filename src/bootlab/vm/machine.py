@@ -29,6 +29,21 @@ class Disk:
                 "-device", f"{device},drive=disk{index}"]
 
 
+@dataclass(frozen=True)
+class Share:
+    """A host directory exported over virtio-9p under `tag` (the guest mounts it by tag)."""
+
+    host: Path
+    tag: str
+    readonly: bool = True
+
+    def args(self, index: int, device: str) -> list[str]:
+        ro = ",readonly=on" if self.readonly else ""
+        # multidevs=remap: a tree spanning several host filesystems keeps inode numbers unique.
+        return ["-fsdev", f"local,id=fs{index},path={_opt(self.host)},security_model=none,multidevs=remap{ro}",
+                "-device", f"{device},fsdev=fs{index},mount_tag={self.tag}"]
+
+
 @dataclass
 class Machine:
     arch: Arch
@@ -42,6 +57,7 @@ class Machine:
     console_stdio: bool = False  # also show the console on QEMU's stdio (interactive use, -v)
     agent_socket: str | None = None  # abstract unix socket the agent's port connects to
     disks: list[Disk] = field(default_factory=list)
+    shares: list[Share] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
@@ -64,4 +80,6 @@ class Machine:
                      "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}"]
         for i, disk in enumerate(self.disks):
             argv += disk.args(i, a.block_device)
+        for i, share in enumerate(self.shares):
+            argv += share.args(i, a.p9_device)
         return argv + self.extra_args

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence, Union
+from typing import TYPE_CHECKING, BinaryIO, Callable, Sequence, Union
 
 from bootlab import cache
 from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
@@ -28,9 +28,12 @@ from bootlab.kernel.modules import ModuleIndex
 from bootlab.vm import accel as accel_mod
 from bootlab.vm import arch as arch_mod
 from bootlab.vm.agent_build import agent_binary
-from bootlab.vm.machine import Disk, Machine
+from bootlab.vm.machine import Disk, Machine, Share
 from bootlab.vm.protocol import STDIN_CHUNK, Channel, Frame, T, decode_exec_error, decode_exit, encode, encode_exec
 from bootlab.vm.session import Session
+
+if TYPE_CHECKING:
+    from bootlab.kernel.fetch import FetchedKernel
 
 Sink = Union[Callable[[bytes], object], BinaryIO, None]
 Input = Union[bytes, BinaryIO, None]
@@ -103,9 +106,18 @@ class VM:
                  interactive: bool = False, prefer_pvh: bool = True,
                  initrd: str | Path | None = None, extra_entries: Sequence[Entry] = (),
                  disks: Sequence[Disk | str | Path] = (), root: str | None = None,
-                 rootfstype: str | None = None) -> None:
+                 rootfstype: str | None = None, shares: Sequence[tuple[str | Path, str, bool]] = (),
+                 host_root: bool = False) -> None:
         self.arch = arch_mod.get(arch)
-        self.kernel_path = Path(kernel) if kernel is not None else find.default_kernel()
+        self.modules_root: Path | None = None  # a fetched kernel's modules, not the host's
+        self.foreign = self.arch.name != arch_mod.host_arch()
+        if kernel is not None:
+            self.kernel_path = Path(kernel)
+        elif self.foreign:
+            fetched = self._foreign_kernel()
+            self.kernel_path, self.modules_root = fetched.kernel, fetched.modules_dir
+        else:
+            self.kernel_path = find.default_kernel()
         self.memory = memory
         self.cpus = cpus
         self.accel_requested = accel
@@ -122,6 +134,8 @@ class VM:
         self.disks = [d if isinstance(d, Disk) else Disk(Path(d)) for d in disks]
         self.root = root  # a guest device to switch_root into, e.g. /dev/vda
         self.rootfstype = rootfstype
+        self.shares = [(Path(h), g, rw) for h, g, rw in shares]  # (host dir, guest path, writable)
+        self.host_root = host_root  # the host's / read-only, under a tmpfs overlay
         self.accel: accel_mod.AccelChoice | None = None
         self.release: str | None = None  # the guest's `uname -r`, once booted
         self.boot_seconds: float | None = None
@@ -135,6 +149,26 @@ class VM:
         self._ready = threading.Event()
 
     # ---- building what to boot ----
+
+    def _foreign_kernel(self) -> "FetchedKernel":
+        """Another architecture's kernel: Debian's, fetched once into the cache."""
+        import sys
+
+        from bootlab.kernel import fetch
+
+        got = fetch.cached_kernel(self.arch.name)
+        if got is None:
+            quiet = not sys.stderr.isatty()
+            got = fetch.fetch_kernel(self.arch.name, progress=(lambda line: None) if quiet else
+                                     (lambda line: print(f"bootlab: {line}", file=sys.stderr)))
+        return got
+
+    def _busybox(self) -> Path:
+        if self.busybox is not None or not self.foreign:
+            return bb.find_busybox(self.busybox)
+        from bootlab.kernel import fetch
+
+        return fetch.fetch_busybox(self.arch.name, progress=lambda line: None)
 
     def machine(self) -> Machine:
         """Everything resolved and built, but nothing started: what --dry-run prints."""
@@ -155,6 +189,12 @@ class VM:
             append.append(f"tsc_early_khz={khz}")
         if self.interactive and not own_image:
             append.append("bootlab.shell")
+        p9 = self._p9_shares()
+        if self.host_root:
+            append.append("bootlab.hostroot=hostroot")
+        if self.shares:
+            append.append("bootlab.shares=" + ",".join(
+                f"share{i}:{guest}" + ("" if rw else ":ro") for i, (_, guest, rw) in enumerate(self.shares)))
         if self.root is not None:
             append += [f"bootlab.root={self.root}", f"bootlab.rootfstype={self._root_fstype()}"]
             if self._root_disk() is not None and self._root_disk().readonly:  # type: ignore[union-attr]
@@ -165,7 +205,7 @@ class VM:
                        accel=self.accel.name, console_stdio=self.interactive or self.live_console,
                        agent_socket=None if self.interactive or own_image
                        else f"bootlab-{os.getpid()}-{secrets.token_hex(6)}",
-                       disks=self.disks)
+                       disks=self.disks, shares=p9)
 
     def _check_disks(self) -> None:
         for d in self.disks:
@@ -178,6 +218,20 @@ class VM:
                 raise BadInput(f"--root {self.root}: attach the disk with --disk IMG")
             if not re.fullmatch(r"/dev/vd[a-z]", self.root):
                 raise BadInput(f"--root {self.root}: expected a virtio disk such as /dev/vda")
+
+    def _p9_shares(self) -> list[Share]:
+        out = [Share(Path("/"), "hostroot")] if self.host_root else []
+        return out + [Share(h, f"share{i}", not rw) for i, (h, _, rw) in enumerate(self.shares)]
+
+    def _check_shares(self) -> None:
+        if self.host_root and self.root is not None:
+            raise BadInput("--host-root and --root both choose the guest's root: pick one")
+        for host, guest, _ in self.shares:
+            if not host.is_dir():
+                raise BadInput(f"--share {host}: no such directory")
+            if not guest.startswith("/") or re.search(r"[\s,:]", guest) or ".." in guest.split("/"):
+                raise BadInput(f"--share {host}:{guest}: the guest path must be absolute, "
+                               "without spaces, commas, colons or '..'")
 
     def _root_disk(self) -> Disk | None:
         if self.root is None:
@@ -202,11 +256,20 @@ class VM:
 
     def _initramfs(self, release: str | None) -> Path:
         self._check_disks()
-        mods_root = find.modules_dir(release)
+        self._check_shares()
+        mods_root = self.modules_root or find.modules_dir(release)
+        if mods_root is None and self.kernel_path is not None:
+            # A kernel fetched or built elsewhere: its modules may sit beside it.
+            near = self.kernel_path.parent.parent / "lib" / "modules" / str(release)
+            mods_root = near if (near / "modules.dep").exists() else None
         paths: list[str] = []
         wanted = [*self.arch.virtio_bus_modules, "virtio_console", *self.user_modules]
         if self.disks:
             wanted.append("virtio_blk")
+        if self.shares or self.host_root:
+            wanted += ["9pnet_virtio", "9p"]
+        if self.host_root:
+            wanted.append("overlay")
         if self.root is not None:
             wanted.append(self._root_fstype())
         optional: set[str] = set()
@@ -215,7 +278,7 @@ class VM:
         elif self.user_modules:
             raise BadInput(f"no /lib/modules/{release} for kernel {self.kernel_path}: cannot add "
                            f"modules {', '.join(self.user_modules)}")
-        spec = guest.GuestSpec(agent=agent_binary(self.arch), busybox=bb.find_busybox(self.busybox),
+        spec = guest.GuestSpec(agent=agent_binary(self.arch), busybox=self._busybox(),
                                modules_root=mods_root, module_paths=paths, optional_modules=optional,
                                extra=self.extra_entries)
         return guest.build(spec)

@@ -234,8 +234,40 @@ static const char *cmdline_value(const char *key)
 	return NULL;
 }
 
-/* Mount the disk named by bootlab.root and make it / for everything that follows, keeping
- * /dev, /proc and /sys. Our binary stays mapped from the initramfs, which stays underneath. */
+static void mkdirs(const char *path)
+{
+	char buf[512];
+	snprintf(buf, sizeof buf, "%s", path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p == '/') {
+			*p = 0;
+			mkdir(buf, 0755);
+			*p = '/';
+		}
+	}
+	mkdir(buf, 0755);
+}
+
+/* Make the tree mounted at /newroot the root for everything that follows, keeping /dev, /proc
+ * and /sys. Our binary stays mapped from the initramfs, which stays underneath. */
+static int enter_newroot(const char *what)
+{
+	static const char *moved[] = {"/dev", "/proc", "/sys"};
+	for (size_t i = 0; i < sizeof moved / sizeof *moved; i++) {
+		char target[64];
+		snprintf(target, sizeof target, "/newroot%s", moved[i]);
+		if (mount(moved[i], target, NULL, MS_MOVE, NULL))
+			say("%s has no %s to move into (%s); it will be missing", what, moved[i], strerror(errno));
+	}
+	if (chdir("/newroot") || mount(".", "/", NULL, MS_MOVE, NULL) || chroot(".") || chdir("/")) {
+		say("switching root to %s failed: %s", what, strerror(errno));
+		return -1;
+	}
+	root_switched = 1;
+	return 0;
+}
+
+/* The disk named by bootlab.root becomes /. */
 static int switch_root(const char *dev)
 {
 	const char *fstype = cmdline_value("bootlab.rootfstype");
@@ -251,19 +283,50 @@ static int switch_root(const char *dev)
 		say("cannot mount root %s (%s): %s", dev, fstype ? fstype : "ext4", strerror(errno));
 		return -1;
 	}
-	static const char *moved[] = {"/dev", "/proc", "/sys"};
-	for (size_t i = 0; i < sizeof moved / sizeof *moved; i++) {
-		char target[64];
-		snprintf(target, sizeof target, "/newroot%s", moved[i]);
-		if (mount(moved[i], target, NULL, MS_MOVE, NULL))
-			say("root %s has no %s to move into (%s); it will be missing", dev, moved[i], strerror(errno));
-	}
-	if (chdir("/newroot") || mount(".", "/", NULL, MS_MOVE, NULL) || chroot(".") || chdir("/")) {
-		say("switching root to %s failed: %s", dev, strerror(errno));
+	return enter_newroot(dev);
+}
+
+#define P9_OPTS "trans=virtio,version=9p2000.L,msize=512000"
+
+/* The host's / (a read-only 9p share) under a tmpfs overlay becomes /: host programs run here,
+ * and what they write stays in the guest's memory. */
+static int host_root(const char *tag)
+{
+	mkdirs("/run/bootlab/host");
+	mkdirs("/run/bootlab/rw");
+	if (mount(tag, "/run/bootlab/host", "9p", MS_RDONLY, P9_OPTS ",cache=loose")) {
+		say("cannot mount the host root (9p tag %s): %s", tag, strerror(errno));
 		return -1;
 	}
-	root_switched = 1;
-	return 0;
+	mount("tmpfs", "/run/bootlab/rw", "tmpfs", 0, "mode=0755");
+	mkdir("/run/bootlab/rw/upper", 0755);
+	mkdir("/run/bootlab/rw/work", 0755);
+	mkdir("/newroot", 0755);
+	if (mount("overlay", "/newroot", "overlay", 0,
+		  "lowerdir=/run/bootlab/host,upperdir=/run/bootlab/rw/upper,workdir=/run/bootlab/rw/work")) {
+		say("cannot set up the overlay on the host root: %s", strerror(errno));
+		return -1;
+	}
+	return enter_newroot("the host root");
+}
+
+/* bootlab.shares=TAG:PATH[:ro],... : virtio-9p shares, mounted after any root switch. */
+static void mount_shares(const char *list)
+{
+	char *copy = strdup(list), *save = NULL;
+	for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+		char *path = strchr(item, ':');
+		if (!path)
+			continue;
+		*path++ = 0;
+		char *ro = strchr(path, ':');
+		if (ro)
+			*ro++ = 0;
+		mkdirs(path);
+		if (mount(item, path, "9p", ro && !strcmp(ro, "ro") ? MS_RDONLY : 0, P9_OPTS))
+			say("cannot mount share %s at %s: %s", item, path, strerror(errno));
+	}
+	free(copy);
 }
 
 static void interactive_shell(void)
@@ -638,8 +701,14 @@ int main(void)
 			power_off();
 		}
 	}
+	const char *hostroot = cmdline_value("bootlab.hostroot");
 	if (root && switch_root(root))
 		power_off();
+	if (!root && hostroot && host_root(hostroot))
+		power_off();
+	const char *shares = cmdline_value("bootlab.shares");
+	if (shares)
+		mount_shares(shares);
 	if (root && interactive) {
 		/* No command: the disk's own init takes over as PID 1, on the console. */
 		execl("/sbin/init", "/sbin/init", (char *)NULL);
