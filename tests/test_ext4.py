@@ -39,6 +39,7 @@ def every_kind() -> list[Entry]:
         Entry("run/sock", Kind.SOCKET, 0o755),
         Entry("home/user/notes", Kind.FILE, 0o644, uid=1000, gid=1000, data=b"mine"),
         file("with space/a \"quoted\" name", b"spaced"),
+        file("odd/<2>\tback\\slash #;", b"odd"),  # debugfs's <ino> syntax, tab, comment
         file("a/b/c/d/e/f/g/h/deep", b"deep"),
     ]:
         tree.add(e)
@@ -67,7 +68,7 @@ def inode(img: Path, path: str) -> dict[str, object]:
 
 
 def fsck_clean(img: Path) -> None:
-    r = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    r = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -103,10 +104,11 @@ def test_every_kind_exact(tmp_path: Path) -> None:
     assert re.search(r"104755 \(1\)\s+0\s+0\s+10 ", listing), listing
     assert "Fast link dest: \"usr/bin\"" in debugfs(img, "stat /bin")
     assert debugfs(img, 'cat "/with space/a ""quoted"" name"') == "spaced"
+    assert debugfs(img, 'cat "/odd/<2>\tback\\slash #;"') == "odd"
     assert debugfs(img, "cat /opt/source.py").encode() == HOST_FILE.read_bytes()
     assert debugfs(img, "cat /data/two") == "shared inode"
     assert "Filesystem volume name:   bootlab" in subprocess.run(
-        ["dumpe2fs", "-h", str(img)], capture_output=True, text=True).stdout
+        ["dumpe2fs", "-h", str(img)], capture_output=True, text=True, check=True).stdout
 
 
 def _umask() -> int:
@@ -135,7 +137,8 @@ def test_builds_without_root() -> None:
         os.chmod(work, 0o777)
         root = Path(__file__).resolve().parent.parent
         r = subprocess.run([sys.executable, "-c", UNPRIVILEGED, str(work)], capture_output=True,
-                           text=True, cwd=root, env={**os.environ, "HOME": str(work)}, timeout=120)
+                           text=True, cwd=root, env={**os.environ, "HOME": str(work)}, timeout=120,
+                           check=False)
         assert r.returncode == 0, r.stderr
         img = work / "nobody.img"
         assert img.stat().st_uid == 65534
@@ -151,12 +154,14 @@ def test_builds_without_root() -> None:
 
 def test_too_small_is_bad_input_and_leaves_nothing(tmp_path: Path) -> None:
     entries = [file("big", os.urandom(20 << 20))]
-    with pytest.raises(BadInput, match=r"needs about (\d+) MiB; use --size \d+M or auto"):
+    with pytest.raises(BadInput, match=r"needs about (\d+) MiB; use --size (\d+)M or auto") as e:
         write_ext4(entries, tmp_path / "small.img", size=16 << 20)
     assert list(tmp_path.iterdir()) == []
-    img = write_ext4(entries, tmp_path / "auto.img")  # auto fits it
+    suggested = parse_size(re.search(r"--size (\S+)", str(e.value)).group(1))
+    fsck_clean(write_ext4(entries, tmp_path / "suggested.img", size=suggested))  # and it fits
+    img = write_ext4(entries, tmp_path / "auto.img")
     fsck_clean(img)
-    assert img.stat().st_size % (1 << 20) == 0
+    assert img.stat().st_size % (1 << 20) == 0 and img.stat().st_size > suggested
 
 
 def test_reproducible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,12 +171,13 @@ def test_reproducible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree.extend(every_kind())
     entries = tree.sorted()
     a = write_ext4(entries, tmp_path / "a.img", label="x")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # staged on disk, not tmpfs: same bytes
     b = write_ext4(entries, tmp_path / "b.img", label="x")
     fsck_clean(a)
     assert filecmp.cmp(a, b, shallow=False)
     c = write_ext4([*entries, file("etc/extra", b"1")], tmp_path / "c.img", label="x")
     uuid = re.compile(r"Filesystem UUID:\s+(\S+)")
-    dump = [subprocess.run(["dumpe2fs", "-h", str(p)], capture_output=True, text=True).stdout
+    dump = [subprocess.run(["dumpe2fs", "-h", str(p)], capture_output=True, text=True, check=True).stdout
             for p in (a, c)]
     assert uuid.search(dump[0]).group(1) != uuid.search(dump[1]).group(1)
 

@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host-root", action="store_true",
                      help="the host's / as the guest's root, read-only under a tmpfs overlay: "
                           "host programs run in the guest")
+    run.add_argument("--net", action="store_true",
+                     help="a network card on QEMU user networking (NAT to the host's network)")
+    run.add_argument("--ssh", type=int, metavar="PORT",
+                     help="forward 127.0.0.1:PORT to the guest's port 22 and authorize your ~/.ssh/id_*.pub "
+                          "and bootlab's key (~/.cache/bootlab/ssh/id_ed25519) for root; implies --net")
     run.add_argument("--initrd", type=Path, metavar="FILE",
                      help="boot this initramfs as it is, with its own /init and the console attached")
     run.add_argument("--timeout", type=_seconds, default=3600.0, metavar="SECONDS",
@@ -267,7 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             live_console=args.verbose, boot_timeout=args.timeout, interactive=not cmd,
             initrd=initrd, extra_entries=extra, disks=[_disk(d) for d in args.disk],
             root=args.root, rootfstype=args.rootfstype, shares=[_share(v) for v in args.share],
-            host_root=args.host_root, arch=args.arch)
+            host_root=args.host_root, arch=args.arch, net=args.net, ssh_port=args.ssh)
     if args.dry_run:
         print(shlex.join(vm.machine().argv()))
         return 0

@@ -2,9 +2,9 @@
 
 An unprivileged user can create directories, files, symlinks and hard links, but cannot chown
 or mknod. So the tree is staged in a private directory with just those, `mke2fs -d` copies it
-into a new filesystem (in C, fast, hard links kept as one inode), and then ONE `debugfs -w`
-script sets what staging could not hold: every inode's owner, mode and times, and the device
-nodes, fifos and sockets. libext2fs writes the image directly, so no mount and no root.
+into a new filesystem (in C, fast, hard links kept as one inode), and then `debugfs -w` makes
+what staging could not hold (device nodes, fifos, sockets) and sets every inode's owner, mode
+and times. libext2fs writes the image file directly: no mount, no root, no fakeroot.
 
 Reproducible: the UUID and directory hash seed come from a hash of the content,
 E2FSPROGS_FAKE_TIME pins the superblock times, every inode time is set explicitly, mke2fs reads
@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import posixpath
 import re
 import shutil
 import stat
 import subprocess
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bootlab import cache
@@ -80,51 +81,64 @@ class _Layout:
     digest: bytes = b""  # hash of metadata and content: the UUID and hash seed
     inodes: int = 0  # inodes the content uses
     blocks: int = 0  # data, directory and long-symlink blocks
-    children: dict[str, list[str]] = field(default_factory=dict)
 
 
 def write_ext4(entries: list[Entry], out: Path, *, size: int | None = None,
                label: str | None = None) -> Path:
-    """Write `entries` as an ext4 image at `out` (bytes `size`, or None to fit the content)."""
+    """Write `entries` as an ext4 image at `out`: `size` bytes (rounded down to 4 KiB blocks),
+    or None to fit the content with ~20% headroom. Same entries, same bytes."""
     if label is not None and len(label.encode()) > 16:
         raise BadInput(f"label {label!r} is longer than 16 bytes, the most ext4 holds")
     if out.is_dir():
         raise BadInput(f"{out}: is a directory")
     layout = _Layout(_normalize(entries))
-    mke2fs, debugfs = _tool("mke2fs"), _tool("debugfs")
+    tools = _tool("mke2fs"), _tool("debugfs")
     epoch = source_date_epoch()
-    with tempfile.TemporaryDirectory(prefix="bootlab-ext4-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bootlab-ext4-", dir=_staging_parent(layout)) as tmp:
         work = Path(tmp)
         staging = work / "root"
         staging.mkdir(mode=0o700)
         _stage(layout, staging, label, size)
         (work / "mke2fs.conf").write_text(MKE2FS_CONF)
-        script = work / "fix.debugfs"
-        script.write_bytes(_script(layout.entries, epoch))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C",
                "MKE2FS_CONFIG": str(work / "mke2fs.conf"),
                # 0 means "not set" to libext2fs: the superblock times of an epoch-0 build are 1
                "E2FSPROGS_FAKE_TIME": str(max(epoch, 1))}
-        need = _needed_blocks(layout)
 
         def write(img: Path) -> None:
             blocks = size // BLOCK if size is not None else _auto_blocks(layout)
             for attempt in range(3):  # auto sizing retries bigger if the estimate was short
-                err = _mke2fs(mke2fs, layout, staging, img, blocks, label, env)
-                if err is None:
-                    err = _run_debugfs(debugfs, script, img, env)
+                err = _mke2fs(tools[0], layout, staging, img, blocks, label, env) \
+                    or _fix_inodes(tools[1], layout, work, img, epoch, env)
                 if err is None:
                     return
                 if not _NOSPACE.search(err):
                     raise BootlabError(f"ext4 image: {err}")
                 if size is not None or attempt == 2:
-                    mib = -(-max(need, blocks + 1) * BLOCK // MiB)
-                    raise BadInput(f"the content does not fit in {(blocks * BLOCK) // MiB} MiB: it "
+                    mib = -(-_needed_blocks(layout, blocks + 1) * BLOCK // MiB)
+                    raise BadInput(f"the content does not fit in {blocks * BLOCK // MiB} MiB: it "
                                    f"needs about {mib} MiB; use --size {mib}M or auto")
                 blocks = blocks * 3 // 2
                 img.write_bytes(b"")
 
         return cache.atomic_write(out, write, mode=0o644)
+
+
+def _staging_parent(layout: _Layout) -> str | None:
+    """tmpfs for the staging tree when the content fits easily: creating many files on a disk
+    filesystem is slow (measured: 20,000 empty files take 6.4 s on this ext4, 0.1 s on tmpfs).
+    An explicit $TMPDIR wins."""
+    if "TMPDIR" in os.environ or not os.access("/dev/shm", os.W_OK):
+        return None
+    total = 0
+    for e in layout.entries:
+        if e.kind is Kind.FILE:
+            try:
+                total += len(e.data) if e.data is not None else e.source.stat().st_size if e.source else 0
+            except OSError:
+                pass  # reported when the file is copied
+    st = os.statvfs("/dev/shm")
+    return "/dev/shm" if st.f_bavail * st.f_frsize > 4 * total + 64 * MiB else None
 
 
 def _tool(name: str) -> str:
@@ -142,6 +156,8 @@ def _normalize(entries: list[Entry]) -> list[Entry]:
         path = str(PurePosixPath(e.path))
         if "\n" in path or "\r" in path:
             raise BadInput(f"entry {path!r}: a newline in a name cannot be written to ext4 here")
+        if any(len(os.fsencode(part)) > 255 for part in PurePosixPath(path).parts):
+            raise BadInput(f"entry {path!r}: a name is longer than 255 bytes, the most ext4 holds")
         by_path[path] = e if path == e.path else dataclasses.replace(e, path=path)
     for path in list(by_path):
         parent = PurePosixPath(path).parent
@@ -168,13 +184,14 @@ def _stage(layout: _Layout, root: Path, label: str | None, size: int | None) -> 
     modes, hash everything that determines the image, and count inodes and blocks."""
     h = hashlib.sha256(repr(("bootlab-ext4-v1", label, size, MKE2FS_CONF)).encode())
     links: list[Entry] = []
+    children: dict[str, list[str]] = {}
     for e in layout.entries:
         dest = root / e.path
         h.update(repr((e.path, e.kind.value, e.mode, e.uid, e.gid, e.mtime, e.target, e.rdev,
                        e.hardlink_of if e.hardlink_of != e.path else None)).encode())
-        parent, name = os.path.split(e.path)
-        layout.children.setdefault(parent, []).append(name)
-        if e.kind is Kind.FILE and e.hardlink_of and e.hardlink_of != e.path:
+        parent, name = posixpath.split(e.path)
+        children.setdefault(parent, []).append(name)
+        if _is_link(e):
             links.append(e)
             continue
         layout.inodes += 1
@@ -190,13 +207,13 @@ def _stage(layout: _Layout, root: Path, label: str | None, size: int | None) -> 
             layout.blocks += -(-n // BLOCK) + n // (32 * MiB)  # + extent index blocks
     for e in links:
         os.link(root / (e.hardlink_of or ""), root / e.path)
-    for names in layout.children.values():  # 8-byte dirent header + name, 4-byte aligned
+    for names in children.values():  # 8-byte dirent header + name, 4-byte aligned
         used = 24 + sum(8 + (len(os.fsencode(n)) + 3) // 4 * 4 for n in names)
         layout.blocks += -(-used // (BLOCK - 12))  # 12: the checksum tail of each block
     layout.digest = h.digest()
 
 
-def _copy(e: Entry, dest: Path, h: "hashlib._Hash") -> int:
+def _copy(e: Entry, dest: Path, h: hashlib._Hash) -> int:
     """Write the file's content to staging, hashing it on the way; returns its size."""
     content = hashlib.sha256()
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -230,40 +247,77 @@ def _rdev_blocks(major: int, minor: int) -> tuple[int, int]:
     return 0, (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
-def _script(entries: list[Entry], epoch: int) -> bytes:
-    """The debugfs commands: create special nodes, then set each inode's owner, mode, times."""
+def _is_link(e: Entry) -> bool:
+    """A second name of another entry's inode."""
+    return e.kind is Kind.FILE and bool(e.hardlink_of) and e.hardlink_of != e.path
+
+
+def _fix_inodes(debugfs: str, layout: _Layout, work: Path, img: Path, epoch: int,
+                env: dict[str, str]) -> str | None:
+    """Make the special nodes and set every inode's owner, mode and times: two debugfs runs,
+    the first also lists each directory, so the second names inodes by number. Naming them by
+    path made debugfs 6-8x slower (every lookup rereads the directory blocks): 0.31 s instead
+    of 0.05 s for 1,500 entries, 4.4 s instead of 0.55 s for 20,000."""
+    first, dirs = _make_specials(layout.entries)
+    listing = _run_debugfs(debugfs, first, work / "specials.debugfs", img, env)
+    if isinstance(listing, str):
+        return listing
+    inos = _inode_numbers(listing, dirs)
+    # (path, type and mode, uid, gid, time) of each inode; root and lost+found as mke2fs made them
+    fields = [(e.path, e.kind.type_bits | (e.mode & 0o7777), e.uid, e.gid, e.mtime)
+              for e in layout.entries if not _is_link(e)]
+    fields += [("", stat.S_IFDIR | 0o755, 0, 0, epoch)]
+    if "lost+found" not in {e.path for e in layout.entries}:
+        fields += [("lost+found", stat.S_IFDIR | 0o700, 0, 0, epoch)]
+    lines = []
+    for path, mode, uid, gid, t in fields:
+        ino = b"<%d>" % inos[path]
+        lines += [b"sif %s uid %d" % (ino, uid), b"sif %s gid %d" % (ino, gid),
+                  b"sif %s mode 0%o" % (ino, mode)]
+        lines += [b"sif %s %s @%d" % (ino, f, t) for f in (b"atime", b"mtime", b"ctime", b"crtime")]
+    out = _run_debugfs(debugfs, lines, work / "inodes.debugfs", img, env)
+    return out if isinstance(out, str) else None
+
+
+def _make_specials(entries: list[Entry]) -> tuple[list[bytes], list[str]]:
+    """debugfs commands creating device nodes, fifos and sockets, then listing every directory
+    with `ls -p`; and the directories in the order listed."""
     lines: list[bytes] = []
-    special = {Kind.CHAR: b"c 0 0", Kind.BLOCK: b"b 0 0", Kind.FIFO: b"p", Kind.SOCKET: b"p"}
+    kinds = {Kind.CHAR: b"c 0 0", Kind.BLOCK: b"b 0 0", Kind.FIFO: b"p"}
     for e in entries:
-        if e.kind not in special:
-            continue
-        parent, name = os.path.split(e.path)
+        parent, name = posixpath.split(e.path)
         if e.kind is Kind.SOCKET:
             # debugfs makes no sockets: make a fifo aside, turn it into a socket, then link it
             # (ln takes the directory entry's type from the inode) and drop the aside name.
-            tmp = "/lost+found/.bootlab-socket"
+            aside = _q("/lost+found/.bootlab-socket")
             lines += [b"cd /lost+found", b"mknod .bootlab-socket p",
-                      b"sif " + _q(tmp) + b" mode 0%o" % stat.S_IFSOCK,
-                      b"ln " + _q(tmp) + b" " + _q("/" + e.path), b"unlink " + _q(tmp)]
-            continue
-        lines += [b"cd " + _q("/" + parent), b"mknod " + _q(name) + b" " + special[e.kind]]
-        if e.kind in (Kind.CHAR, Kind.BLOCK):
-            b0, b1 = _rdev_blocks(*e.rdev)
-            lines += [b"sif %s block[0] %d" % (_q("/" + e.path), b0),
-                      b"sif %s block[1] %d" % (_q("/" + e.path), b1)]
-    inodes = [e for e in entries if not (e.kind is Kind.FILE and e.hardlink_of
-                                         and e.hardlink_of != e.path)]
-    names = {e.path for e in entries}
-    inodes += [Entry(p, Kind.DIR, m, mtime=epoch) for p, m in (("lost+found", 0o700),)
-               if p not in names]
-    for e in [*inodes, None]:  # None: the root directory
-        path, kind, mode, uid, gid, t = ("/", Kind.DIR, 0o755, 0, 0, epoch) if e is None else \
-            ("/" + e.path, e.kind, e.mode, e.uid, e.gid, e.mtime)
-        p = _q(path)
-        lines += [b"sif %s uid %d" % (p, uid), b"sif %s gid %d" % (p, gid),
-                  b"sif %s mode 0%o" % (p, kind.type_bits | (mode & 0o7777))]
-        lines += [b"sif %s %s @%d" % (p, f, t) for f in (b"atime", b"mtime", b"ctime", b"crtime")]
-    return b"".join(line + b"\n" for line in lines)
+                      b"sif %s mode 0%o" % (aside, stat.S_IFSOCK), b"ln %s %s" % (aside, _q("/" + e.path)),
+                      b"unlink " + aside]
+        elif e.kind in kinds:
+            lines += [b"cd " + _q("/" + parent), b"mknod %s %s" % (_q(name), kinds[e.kind])]
+            if e.kind is not Kind.FIFO:
+                b0, b1 = _rdev_blocks(*e.rdev)
+                path = _q("/" + e.path)
+                lines += [b"sif %s block[0] %d" % (path, b0), b"sif %s block[1] %d" % (path, b1)]
+    dirs = ["", *(e.path for e in entries if e.kind is Kind.DIR)]
+    return lines + [b"ls -p " + _q("/" + d) for d in dirs], dirs
+
+
+def _inode_numbers(listing: bytes, dirs: list[str]) -> dict[str, int]:
+    """Path -> inode number from debugfs's echoed `ls -p` commands and their output lines,
+    /INO/MODE/UID/GID/NAME/SIZE/ (a name holds no slash; we refuse newlines in names)."""
+    heads = {b"debugfs: ls -p " + _q("/" + d): d for d in dirs}
+    inos = {"": 2}  # the root directory's inode
+    current: str | None = None
+    for line in listing.split(b"\n"):
+        if line.startswith(b"debugfs: "):
+            current = heads.get(line)
+        elif current is not None and line.startswith(b"/"):
+            ino, _mode, _uid, _gid, rest = line[1:].split(b"/", 4)
+            name = os.fsdecode(rest.rsplit(b"/", 2)[0])
+            if name not in (".", ".."):
+                inos[posixpath.join(current, name)] = int(ino)
+    return inos
 
 
 def _journal_blocks(blocks: int) -> int:
@@ -290,9 +344,10 @@ def _overhead(layout: _Layout, blocks: int) -> int:
     return itable + _journal_blocks(blocks) + blocks // 200 + 64
 
 
-def _needed_blocks(layout: _Layout) -> int:
-    """The smallest filesystem the content fits in, about."""
-    blocks = layout.blocks
+def _needed_blocks(layout: _Layout, at_least: int) -> int:
+    """The smallest filesystem of `at_least` blocks or more that the content fits in, about.
+    (Not monotonic: from 8 MiB up mke2fs adds a 4 MiB journal, so 6 MiB may fit and 8 not.)"""
+    blocks = max(layout.blocks, at_least)
     for _ in range(20):  # the overhead grows with the size: iterate to the fixed point
         nxt = layout.blocks + _overhead(layout, blocks)
         if nxt <= blocks:
@@ -318,23 +373,27 @@ def _mke2fs(mke2fs: str, layout: _Layout, staging: Path, img: Path, blocks: int,
     """Make the filesystem from the staging tree; returns mke2fs's error, or None."""
     fs_uuid = uuid.UUID(bytes=layout.digest[:16], version=4)
     seed = uuid.UUID(bytes=layout.digest[16:32], version=4)
-    argv = [mke2fs, "-q", "-F", "-t", "ext4", "-d", str(staging), "-N",
+    # -T default: no size-dependent usage type (small, big, ...) to look up in the config
+    argv = [mke2fs, "-q", "-F", "-t", "ext4", "-T", "default", "-d", str(staging), "-N",
             str(_inode_count(layout, blocks)), "-U", str(fs_uuid),
             "-E", f"root_owner=0:0,hash_seed={seed},no_copy_xattrs",
             *(["-L", label] if label else []), str(img), f"{blocks * BLOCK // 1024}k"]
-    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env)
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, check=False)
     if r.returncode == 0:
         return None
-    lines = [ln for ln in r.stderr.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else f"mke2fs exited with status {r.returncode}"
+    message = " ".join(r.stderr.decode(errors="replace").split())  # one line
+    return message or f"mke2fs exited with status {r.returncode}"
 
 
-def _run_debugfs(debugfs: str, script: Path, img: Path, env: dict[str, str]) -> str | None:
-    """Run the fix-up script; debugfs exits 0 even when a command fails, so read stderr."""
+def _run_debugfs(debugfs: str, lines: list[bytes], script: Path, img: Path,
+                 env: dict[str, str]) -> bytes | str:
+    """Run commands from a file; returns debugfs's output, or its first error as a string.
+    debugfs exits 0 even when a command fails, so errors are read from stderr."""
+    script.write_bytes(b"".join(line + b"\n" for line in lines))
     r = subprocess.run([debugfs, "-w", "-f", str(script), str(img)], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                       capture_output=True, env=env, check=False)
     errors = [ln for ln in r.stderr.decode(errors="replace").splitlines()
               if ln.strip() and not re.match(r"debugfs \d+\.\d+", ln)]
     if r.returncode != 0 or errors:
         return errors[0] if errors else f"debugfs exited with status {r.returncode}"
-    return None
+    return r.stdout

@@ -19,6 +19,7 @@ class Arch:
     serial_device: str  # the virtio-serial controller on that bus
     block_device: str  # a virtio disk on that bus
     p9_device: str  # a virtio-9p share on that bus
+    net_device: str  # a virtio network card on that bus
     cc: str  # C compiler that targets it (for the static guest agent)
     debian_arch: str
     kernel_args: tuple[str, ...] = ()
@@ -42,6 +43,7 @@ ARCHES: dict[str, Arch] = {
             serial_device="virtio-serial-device",
             block_device="virtio-blk-device",
             p9_device="virtio-9p-device",
+            net_device="virtio-net-device",
             cc="cc",
             debian_arch="amd64",
             tcg_tsc_hint=True,
@@ -57,6 +59,7 @@ ARCHES: dict[str, Arch] = {
             serial_device="virtio-serial-device",
             block_device="virtio-blk-device",
             p9_device="virtio-9p-device",
+            net_device="virtio-net-device",
             cc="aarch64-linux-gnu-gcc",
             debian_arch="arm64",
         ),

@@ -58,6 +58,8 @@ class Machine:
     agent_socket: str | None = None  # abstract unix socket the agent's port connects to
     disks: list[Disk] = field(default_factory=list)
     shares: list[Share] = field(default_factory=list)
+    net: bool = False  # virtio-net on QEMU user networking
+    host_forwards: list[tuple[int, int]] = field(default_factory=list)  # (127.0.0.1 port, guest port)
     extra_args: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
@@ -82,4 +84,7 @@ class Machine:
             argv += disk.args(i, a.block_device)
         for i, share in enumerate(self.shares):
             argv += share.args(i, a.p9_device)
+        if self.net:
+            fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in self.host_forwards)
+            argv += ["-netdev", f"user,id=net0{fwd}", "-device", f"{a.net_device},netdev=net0"]
         return argv + self.extra_args

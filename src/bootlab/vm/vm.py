@@ -107,7 +107,7 @@ class VM:
                  initrd: str | Path | None = None, extra_entries: Sequence[Entry] = (),
                  disks: Sequence[Disk | str | Path] = (), root: str | None = None,
                  rootfstype: str | None = None, shares: Sequence[tuple[str | Path, str, bool]] = (),
-                 host_root: bool = False) -> None:
+                 host_root: bool = False, net: bool = False, ssh_port: int | None = None) -> None:
         self.arch = arch_mod.get(arch)
         self.modules_root: Path | None = None  # a fetched kernel's modules, not the host's
         self.foreign = self.arch.name != arch_mod.host_arch()
@@ -136,6 +136,8 @@ class VM:
         self.rootfstype = rootfstype
         self.shares = [(Path(h), g, rw) for h, g, rw in shares]  # (host dir, guest path, writable)
         self.host_root = host_root  # the host's / read-only, under a tmpfs overlay
+        self.ssh_port = ssh_port  # 127.0.0.1:PORT -> guest:22, with keys authorized
+        self.net = net or ssh_port is not None
         self.accel: accel_mod.AccelChoice | None = None
         self.release: str | None = None  # the guest's `uname -r`, once booted
         self.boot_seconds: float | None = None
@@ -190,6 +192,10 @@ class VM:
         if self.interactive and not own_image:
             append.append("bootlab.shell")
         p9 = self._p9_shares()
+        if self.net:
+            from bootlab.vm.ssh import USER_NET
+
+            append.append(f"bootlab.net={USER_NET}")
         if self.host_root:
             append.append("bootlab.hostroot=hostroot")
         if self.shares:
@@ -205,7 +211,8 @@ class VM:
                        accel=self.accel.name, console_stdio=self.interactive or self.live_console,
                        agent_socket=None if self.interactive or own_image
                        else f"bootlab-{os.getpid()}-{secrets.token_hex(6)}",
-                       disks=self.disks, shares=p9)
+                       disks=self.disks, shares=p9, net=self.net,
+                       host_forwards=[(self.ssh_port, 22)] if self.ssh_port else [])
 
     def _check_disks(self) -> None:
         for d in self.disks:
@@ -268,6 +275,15 @@ class VM:
             wanted.append("virtio_blk")
         if self.shares or self.host_root:
             wanted += ["9pnet_virtio", "9p"]
+        if self.net:
+            wanted.append("virtio_net")
+        extra = list(self.extra_entries)
+        if self.ssh_port is not None:
+            from bootlab.image.entry import file
+            from bootlab.vm import ssh
+
+            ssh.check_port_free(self.ssh_port)
+            extra.append(file("etc/bootlab/authorized_keys", ssh.authorized_keys(), 0o600))
         if self.host_root:
             wanted.append("overlay")
         if self.root is not None:
@@ -280,7 +296,7 @@ class VM:
                            f"modules {', '.join(self.user_modules)}")
         spec = guest.GuestSpec(agent=agent_binary(self.arch), busybox=self._busybox(),
                                modules_root=mods_root, module_paths=paths, optional_modules=optional,
-                               extra=self.extra_entries)
+                               extra=extra)
         return guest.build(spec)
 
     # ---- lifecycle ----

@@ -18,7 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/klog.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -327,6 +332,109 @@ static void mount_shares(const char *list)
 			say("cannot mount share %s at %s: %s", item, path, strerror(errno));
 	}
 	free(copy);
+}
+
+static int ifreq_call(int sock, unsigned long req, const char *name, const char *ip)
+{
+	struct ifreq r;
+	memset(&r, 0, sizeof r);
+	snprintf(r.ifr_name, sizeof r.ifr_name, "%s", name);
+	if (ip) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&r.ifr_addr;
+		a->sin_family = AF_INET;
+		inet_pton(AF_INET, ip, &a->sin_addr);
+	} else {
+		if (ioctl(sock, SIOCGIFFLAGS, &r))
+			return -1;
+		r.ifr_flags |= IFF_UP | IFF_RUNNING;
+	}
+	return ioctl(sock, req, &r);
+}
+
+/* bootlab.net=ADDR/MASK/GATEWAY/DNS: QEMU user networking's fixed plan, on eth0. Done with
+ * ioctls so that it works in any root, busybox or not. Loopback always comes up. */
+static char dns_server[64];
+
+static void configure_net(const char *spec)
+{
+	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (sock < 0)
+		return;
+	ifreq_call(sock, SIOCSIFFLAGS, "lo", NULL);
+	if (spec) {
+		char addr[64] = "", mask[64] = "", gw[64] = "";
+		if (sscanf(spec, "%63[^/]/%63[^/]/%63[^/]/%63s", addr, mask, gw, dns_server) != 4) {
+			say("bad bootlab.net=%s", spec);
+		} else {
+			for (int i = 0; i < 2000 && !if_nametoindex("eth0"); i++)
+				usleep(5000); /* virtio_net probes asynchronously */
+			if (ifreq_call(sock, SIOCSIFADDR, "eth0", addr) || ifreq_call(sock, SIOCSIFNETMASK, "eth0", mask) ||
+			    ifreq_call(sock, SIOCSIFFLAGS, "eth0", NULL)) {
+				say("configuring eth0 failed: %s", strerror(errno));
+			} else {
+				struct rtentry rt;
+				memset(&rt, 0, sizeof rt);
+				struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
+				g->sin_family = AF_INET;
+				inet_pton(AF_INET, gw, &g->sin_addr);
+				((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+				((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+				rt.rt_flags = RTF_UP | RTF_GATEWAY;
+				if (ioctl(sock, SIOCADDRT, &rt))
+					say("adding the default route failed: %s", strerror(errno));
+			}
+		}
+	}
+	close(sock);
+}
+
+/* After any root switch: point DNS at QEMU's resolver where that harms nothing (our initramfs,
+ * the host root's tmpfs overlay, or a disk root that has no resolv.conf). */
+static void write_resolv_conf(int disk_root)
+{
+	if (!dns_server[0])
+		return;
+	struct stat st;
+	if (disk_root && lstat("/etc/resolv.conf", &st) == 0)
+		return;
+	unlink("/etc/resolv.conf");
+	FILE *f = fopen("/etc/resolv.conf", "we");
+	if (f) {
+		fprintf(f, "nameserver %s\n", dns_server);
+		fclose(f);
+	}
+}
+
+/* --ssh: keys the host put in our initramfs, read before a root switch hides them. */
+static char *read_small_file(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return NULL;
+	char *buf = calloc(1, 65536);
+	size_t n = fread(buf, 1, 65535, f);
+	fclose(f);
+	buf[n] = 0;
+	return buf;
+}
+
+static void authorize_keys(const char *keys)
+{
+	if (!keys || !keys[0])
+		return;
+	mkdir("/root", 0700);
+	mkdir("/root/.ssh", 0700);
+	char *old = read_small_file("/root/.ssh/authorized_keys");
+	if (old && strstr(old, keys))
+		return; /* already there from an earlier boot */
+	FILE *f = fopen("/root/.ssh/authorized_keys", "ae");
+	if (!f) {
+		say("cannot write /root/.ssh/authorized_keys: %s", strerror(errno));
+		return;
+	}
+	fputs(keys, f);
+	fclose(f);
+	chmod("/root/.ssh/authorized_keys", 0600);
 }
 
 static void interactive_shell(void)
@@ -701,6 +809,8 @@ int main(void)
 			power_off();
 		}
 	}
+	configure_net(cmdline_value("bootlab.net"));
+	char *ssh_keys = read_small_file("/etc/bootlab/authorized_keys");
 	const char *hostroot = cmdline_value("bootlab.hostroot");
 	if (root && switch_root(root))
 		power_off();
@@ -709,6 +819,8 @@ int main(void)
 	const char *shares = cmdline_value("bootlab.shares");
 	if (shares)
 		mount_shares(shares);
+	write_resolv_conf(root != NULL);
+	authorize_keys(ssh_keys);
 	if (root && interactive) {
 		/* No command: the disk's own init takes over as PID 1, on the console. */
 		execl("/sbin/init", "/sbin/init", (char *)NULL);
