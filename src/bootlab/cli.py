@@ -122,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
                      help="the command to run; none: an interactive shell on the console")
     _add_initramfs(sub)
+    rfs = sub.add_parser("rootfs", help="build root filesystem images, without root",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n  bootlab rootfs build mytree/ -o root.img\n"
+                                "  bootlab rootfs build spec.toml -o root.img --size 256M\n"
+                                "  bootlab rootfs debootstrap bookworm -o debian.img --include openssh-server\n"
+                                "  bootlab run --disk debian.img --root /dev/vda -- cat /etc/debian_version\n")
+    rsub = rfs.add_subparsers(dest="rootfs_command", metavar="ACTION", parser_class=_Parser)
+    rb = rsub.add_parser("build", help="an ext4 image from a directory or a spec (owners, modes, nodes exact)")
+    rb.add_argument("source", type=Path, metavar="SRC", help="a directory, or a TOML spec (see the README)")
+    rb.add_argument("-o", "--output", type=Path, required=True, metavar="IMG")
+    rb.add_argument("--size", default="auto", metavar="SIZE", help="e.g. 512M, 2G, or auto (default)")
+    rb.add_argument("--label", metavar="LABEL", help="filesystem label")
+    rb.add_argument("--keep-owners", action="store_true",
+                    help="a directory's owners as they are on the host (default: root)")
+    rd = rsub.add_parser("debootstrap", help="a Debian root filesystem image, cached by its inputs")
+    rd.add_argument("suite", metavar="SUITE", help="e.g. bookworm")
+    rd.add_argument("-o", "--output", type=Path, required=True, metavar="IMG")
+    rd.add_argument("--variant", default="minbase", help="minbase (default), buildd, important, standard")
+    rd.add_argument("--include", default="", metavar="PKG,...", help="more packages, comma-separated")
+    rd.add_argument("--size", default="auto", metavar="SIZE", help="e.g. 2G, or auto (default)")
+    rd.add_argument("--arch", default=None, metavar="ARCH", help="x86_64 or aarch64 (default: the host's)")
     kern = sub.add_parser("kernel", help="get kernels to boot", formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="examples:\n  bootlab kernel fetch --arch aarch64\n"
                                  "  bootlab kernel fetch linux-image-6.1.0-56-amd64\n")
@@ -226,6 +247,41 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     if report.skipped:
         _err(f"{len(report.skipped)} unsafe entries skipped (names escaping {args.directory} or "
              f"writing through symlinks); recorded in {args.directory / MANIFEST}")
+    return 0
+
+
+def cmd_rootfs(args: argparse.Namespace) -> int:
+    from bootlab.image.ext4 import parse_size, write_ext4
+
+    if args.rootfs_command is None:
+        raise BadInput("rootfs: say what to do: build or debootstrap (see --help)")
+    size = parse_size(args.size)
+    out: Path = args.output
+    if out.is_dir() or not out.parent.is_dir():
+        raise BadInput(f"-o {out}: {'is a directory' if out.is_dir() else f'directory {out.parent} does not exist'}")
+    if args.rootfs_command == "build":
+        from bootlab.image import build, spec
+        from bootlab.image.entry import Tree
+
+        src: Path = args.source
+        if src.is_dir():
+            tree = Tree()
+            tree.extend(spec.host_tree(src, "", keep_owners=args.keep_owners))
+            entries = tree.sorted()
+        elif src.is_file():
+            entries = build.resolve(spec.load(src))
+        else:
+            raise BadInput(f"{src}: no such directory or spec file")
+        write_ext4(entries, out, size=size, label=args.label)
+    else:
+        from bootlab.image.debian import debian_rootfs
+        from bootlab.vm import arch as arches
+
+        include = [p for p in args.include.split(",") if p]
+        arch = arches.get(args.arch).name if args.arch else None
+        debian_rootfs(args.suite, out, variant=args.variant, include=include, size=size, arch=arch,
+                      progress=lambda line: _err(line))
+    _err(f"wrote {out} ({out.stat().st_size >> 20} MiB)")
     return 0
 
 
@@ -386,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_initramfs(args)
         if args.command == "kernel":
             return cmd_kernel(args)
+        if args.command == "rootfs":
+            return cmd_rootfs(args)
         return cmd_run(args)
     except BadInput as e:
         _err(f"error: {e}")

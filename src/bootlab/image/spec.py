@@ -221,8 +221,9 @@ def _table_entries(kind: str, t: dict[str, Any], where: str, base: Path) -> list
     return [Entry(path, Kind.FIFO, _mode(t.get("mode"), where, 0o644), **owner)]  # fifo
 
 
-def host_tree(src: Path, dest: str) -> list[Entry]:
-    """A host directory as entries under `dest`; owners are not copied (root unless told)."""
+def host_tree(src: Path, dest: str, *, keep_owners: bool = False) -> list[Entry]:
+    """A host directory as entries under `dest`; owners become root unless keep_owners (a user's
+    files would otherwise carry their uid into the guest)."""
     out: list[Entry] = []
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames.sort()
@@ -233,6 +234,7 @@ def host_tree(src: Path, dest: str) -> list[Entry]:
             guest = f"{dest}/{rel}" if dest else rel
             st = host.lstat()
             mode = stat.S_IMODE(st.st_mode)
+            before = len(out)
             if stat.S_ISLNK(st.st_mode):
                 out.append(symlink(guest, os.readlink(host)))
             elif stat.S_ISDIR(st.st_mode):
@@ -244,4 +246,6 @@ def host_tree(src: Path, dest: str) -> list[Entry]:
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 kind = Kind.CHAR if stat.S_ISCHR(st.st_mode) else Kind.BLOCK
                 out.append(Entry(guest, kind, mode, rdev=(os.major(st.st_rdev), os.minor(st.st_rdev))))
+            if keep_owners and len(out) > before:
+                out[-1] = dataclasses.replace(out[-1], uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime))
     return out
