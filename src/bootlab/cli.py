@@ -273,6 +273,7 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
         else:
             raise BadInput(f"{src}: no such directory or spec file")
         write_ext4(entries, out, size=size, label=args.label)
+        _err(f"wrote {out} ({out.stat().st_size >> 20} MiB)")
     else:
         from bootlab.image.debian import debian_rootfs
         from bootlab.vm import arch as arches
@@ -280,8 +281,7 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
         include = [p for p in args.include.split(",") if p]
         arch = arches.get(args.arch).name if args.arch else None
         debian_rootfs(args.suite, out, variant=args.variant, include=include, size=size, arch=arch,
-                      progress=lambda line: _err(line))
-    _err(f"wrote {out} ({out.stat().st_size >> 20} MiB)")
+                      progress=lambda line: _err(line))  # its progress ends with the "wrote" line
     return 0
 
 
