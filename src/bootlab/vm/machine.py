@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bootlab.vm.arch import Arch
 
-AGENT_PORT_NAME = "org.bootlab.agent"
+AGENT_PORT_NAME = "org.bootlab.agent"  # guest/agent.c finds its port by this name: keep in step
 
 
 def _opt(value: str | Path) -> str:

@@ -233,6 +233,9 @@ class VM:
     def _check_shares(self) -> None:
         if self.host_root and self.root is not None:
             raise BadInput("--host-root and --root both choose the guest's root: pick one")
+        if self.host_root and self.foreign:
+            raise BadInput(f"--host-root runs the host's programs: the guest must be {arch_mod.host_arch()}, "
+                           f"not {self.arch.name}")
         for host, guest, _ in self.shares:
             if not host.is_dir():
                 raise BadInput(f"--share {host}: no such directory")

@@ -9,6 +9,7 @@
  * then `length` payload bytes. See bootlab/vm/protocol.py for the host side; keep them in step.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -698,14 +699,48 @@ static void reap(void)
 	}
 }
 
+#define PORT_NAME "org.bootlab.agent"
+
+/* Our port's /dev name, found by the name QEMU gave it. Without udev there is no
+ * /dev/virtio-ports/NAME link, and the vportNpM number follows the virtio device's index,
+ * which depends on how the machine orders its transports (a disk may come first). */
+static int find_port(char *dev, size_t size)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	if (!d)
+		return -1;
+	struct dirent *e;
+	int found = -1;
+	while (found < 0 && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char path[300], name[128] = "";
+		snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t n = read(fd, name, sizeof name - 1);
+		close(fd);
+		name[n > 0 ? n : 0] = 0;
+		name[strcspn(name, "\n")] = 0;
+		if (!strcmp(name, PORT_NAME)) {
+			snprintf(dev, size, "/dev/%s", e->d_name);
+			found = 0;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
 static int open_port(void)
 {
-	/* The port appears once virtio_console has probed; without udev there is no by-name link. */
-	const char *path = "/dev/vport0p1";
-	for (int i = 0; i < 2000; i++) {
-		int fd = open(path, O_RDWR | O_CLOEXEC);
-		if (fd >= 0)
-			return fd;
+	char dev[300];
+	for (int i = 0; i < 2000; i++) { /* it appears once virtio_console has probed */
+		if (find_port(dev, sizeof dev) == 0) {
+			int fd = open(dev, O_RDWR | O_CLOEXEC);
+			if (fd >= 0)
+				return fd;
+		}
 		usleep(5000);
 	}
 	return -1;
@@ -805,7 +840,7 @@ int main(void)
 		/* Opened before any root switch: the descriptor outlives the move of /dev. */
 		port = open_port();
 		if (port < 0) {
-			say("no virtio-serial port %s after 10 s: is virtio_console available?", "/dev/vport0p1");
+			say("no virtio-serial port named %s after 10 s: is virtio_console available?", PORT_NAME);
 			power_off();
 		}
 	}
