@@ -159,3 +159,18 @@ def test_cpus_and_memory_reach_the_guest() -> None:
     cpus, mem = r.stdout.decode().splitlines()
     assert cpus == "2"
     assert 900_000 < int(mem.split()[1]) <= 1_048_576  # kB: 1 GiB less what the kernel keeps
+
+
+def test_initrd_with_a_missing_disk_is_status_2(tmp_path: Path) -> None:
+    img = tmp_path / "img.cpio"
+    img.write_bytes(b"070701")
+    r = bootlab_cli("run", "--initrd", str(img), "--disk", str(tmp_path / "nope.img"))
+    assert r.returncode == 2 and "no such image file" in r.stderr.decode()
+
+
+def test_library_refuses_commands_in_an_image_without_agent(tmp_path: Path) -> None:
+    import bootlab
+
+    vm = bootlab.VM(initrd=tmp_path / "any.cpio")
+    with pytest.raises(bootlab.BadInput, match="no bootlab agent"):
+        vm.start()

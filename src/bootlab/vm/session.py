@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -37,8 +35,6 @@ class Session:
         self._stderr_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.machine.agent_socket is None and not self.interactive:
-            self.machine.agent_socket = f"bootlab-{os.getpid()}-{secrets.token_hex(8)}"
         if self.machine.agent_socket is not None:
             # Abstract socket: nothing in the filesystem to clean up, whatever happens to us.
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -180,6 +180,8 @@ class VM:
         # only slower: the decompressor runs under TCG.
         kernel = find.bootable(self.kernel_path, prefer_pvh=self.prefer_pvh)
         own_image = self.initrd is not None
+        self._check_disks()
+        self._check_shares()
         initrd = self.initrd if own_image else self._initramfs(kernel.image.release)
         self.accel = accel_mod.choose(self.accel_requested, self.arch, kernel.boot_path)
         # cryptomgr.notests: the crypto self-tests cost 0.2 s of TCG boot; --append can undo it.
@@ -236,11 +238,11 @@ class VM:
         if self.host_root and self.foreign:
             raise BadInput(f"--host-root runs the host's programs: the guest must be {arch_mod.host_arch()}, "
                            f"not {self.arch.name}")
-        for host, guest, _ in self.shares:
+        for host, target, _ in self.shares:
             if not host.is_dir():
                 raise BadInput(f"--share {host}: no such directory")
-            if not guest.startswith("/") or re.search(r"[\s,:]", guest) or ".." in guest.split("/"):
-                raise BadInput(f"--share {host}:{guest}: the guest path must be absolute, "
+            if not target.startswith("/") or re.search(r"[\s,:]", target) or ".." in target.split("/"):
+                raise BadInput(f"--share {host}:{target}: the guest path must be absolute, "
                                "without spaces, commas, colons or '..'")
 
     def _root_disk(self) -> Disk | None:
@@ -265,8 +267,6 @@ class VM:
                        "give its type with --rootfstype")
 
     def _initramfs(self, release: str | None) -> Path:
-        self._check_disks()
-        self._check_shares()
         mods_root = self.modules_root or find.modules_dir(release)
         if mods_root is None and self.kernel_path is not None:
             # A kernel fetched or built elsewhere: its modules may sit beside it.
@@ -305,6 +305,9 @@ class VM:
     # ---- lifecycle ----
 
     def start(self) -> "VM":
+        if self.initrd is not None and not self.interactive:
+            raise BadInput("an initramfs of your own has no bootlab agent to run commands in: "
+                           "boot it with interactive=True and wait_interactive()")
         t0 = time.monotonic()
         machine = self.machine()
         self._session = Session(machine, interactive=self.interactive, live_console=self.live_console)
