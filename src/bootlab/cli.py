@@ -279,7 +279,7 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
         from bootlab.vm import arch as arches
 
         include = [p for p in args.include.split(",") if p]
-        arch = arches.get(args.arch).name if args.arch else None
+        arch = arches.get(args.arch).debian_arch if args.arch else None  # mmdebstrap speaks Debian's names
         debian_rootfs(args.suite, out, variant=args.variant, include=include, size=size, arch=arch,
                       progress=lambda line: _err(line))  # its progress ends with the "wrote" line
     return 0
