@@ -520,6 +520,11 @@ static void start_job(uint32_t id, const char *p, uint32_t len)
 	memcpy(&flags, p, 4);
 	memcpy(&argc, p + 4, 4);
 	memcpy(&envc, p + 8, 4);
+	if (argc == 0 || argc > len || envc > len) { /* every string needs at least its NUL */
+		int32_t e = EINVAL;
+		send_frame(T_EXEC_ERROR, id, &e, 4);
+		return;
+	}
 	const char *end = p + len, *s = p + 12;
 	char **argv = calloc(argc + 1, sizeof *argv), **envp = calloc(envc + 1, sizeof *envp);
 	const char *cwd = "/";
@@ -545,6 +550,8 @@ static void start_job(uint32_t id, const char *p, uint32_t len)
 	    pipe2(pexec, O_CLOEXEC)) {
 		int32_t e = errno;
 		send_frame(T_EXEC_ERROR, id, &e, 4);
+		free(argv);
+		free(envp);
 		return;
 	}
 	fcntl(pout[0], F_SETPIPE_SZ, 1 << 20);
