@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Iterable
 
 from bootlab.image.entry import Entry, Kind
@@ -45,9 +45,9 @@ def write(out: BinaryIO, entries: Iterable[Entry], *, first_ino: int = 1) -> int
     for e in entries:
         if e.kind is Kind.FILE:
             groups.setdefault(e.hardlink_of or e.path, []).append(e)
-    for primary, names in groups.items():
-        if len(names) > 1 and not any(n.path == primary for n in names):
-            raise ValueError(f"hard link to {primary!r}, which is not in the archive")
+    for target, names in groups.items():
+        if len(names) > 1 and not any(n.path == target for n in names):
+            raise ValueError(f"hard link to {target!r}, which is not in the archive")
     group_ino: dict[str, int] = {}
     seen: dict[str, int] = {}
     written = 0
@@ -228,7 +228,9 @@ class StreamParser:
             if raw[-1:] != b"\0":
                 raise CpioError(f"{self.where}: name at offset {base + i} is not NUL-terminated")
             name = raw[:-1].decode("utf-8", "surrogateescape")
-            member = Member(name, *f[:11], base + i, base + i + need)
+            (ino, mode, uid, gid, nlink, mtime, _, devmajor, devminor, rdevmajor, rdevminor) = f[:11]
+            member = Member(name, ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor,
+                            rdevmajor, rdevminor, base + i, base + i + need)
             i += need
             self._in_archive = True
             self._skip = size + (-size % 4)
@@ -247,7 +249,7 @@ class StreamParser:
         if self._link_member is not None and self._link is not None:
             m = self._link_member
             target = bytes(self._link[:m.size]).decode("utf-8", "surrogateescape")
-            self.members.append(Member(*[getattr(m, f) for f in Member.__dataclass_fields__][:14], link=target))
+            self.members.append(replace(m, link=target))
         self._link, self._link_member = None, None
 
     def close(self) -> None:
