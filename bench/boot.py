@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from common import Result, check_host
+
+from bootlab.kernel.find import newest
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -59,37 +61,6 @@ class Contender:
     timeout_s: float
     env: dict[str, str] | None = None
     ok_marker: str | None = None
-
-
-@dataclass
-class Result:
-    """Wall times of a contender's successful runs, or why it failed."""
-
-    name: str
-    times: list[float] = field(default_factory=list)
-    failure: str | None = None
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.times) if self.times and not self.failure else None
-
-
-def newest_kernel() -> Path:
-    """The /boot/vmlinuz-* with the highest version (numeric, not lexical, order)."""
-    kernels = sorted(
-        Path("/boot").glob("vmlinuz-*"),
-        key=lambda p: [int(n) for n in re.findall(r"\d+", p.name)],
-    )
-    if not kernels:
-        sys.exit("no /boot/vmlinuz-* found: pass --kernel PATH (apt-get install linux-image-amd64)")
-    return kernels[-1]
-
-
-def check_host() -> None:
-    """Exit with the exact apt-get line if a host program the contenders need is missing."""
-    missing = sorted({pkg for prog, pkg in HOST_PROGRAMS.items() if not shutil.which(prog)})
-    if missing:
-        sys.exit(f"missing host programs; run: apt-get install -y {' '.join(missing)}")
 
 
 def ensure_peer_venv() -> Path:
@@ -239,10 +210,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.n < 1:
         parser.error("-n must be at least 1")
-    kernel = (args.kernel or newest_kernel()).resolve()
+    kernel = args.kernel or newest("vmlinuz-*")
+    if kernel is None:
+        sys.exit("no /boot/vmlinuz-* found: pass --kernel PATH (apt-get install linux-image-amd64)")
+    kernel = kernel.resolve()
     if not kernel.is_file():
         parser.error(f"no such kernel: {kernel}")
-    check_host()
+    check_host(HOST_PROGRAMS)
     peer_bin = ensure_peer_venv()
     load = os.getloadavg()[0]
     print(f"kernel {kernel}, accel tcg, {os.cpu_count()} cpus, load average {load:.2f}"

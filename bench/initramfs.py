@@ -22,14 +22,17 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from common import Result, check_host
+
+from bootlab.kernel.find import newest
 
 REPO = Path(__file__).resolve().parent.parent
 BOOTLAB = str(REPO / ".venv" / "bin" / "bootlab")
@@ -69,17 +72,6 @@ class Contender:
     argv: Callable[[Path], list[str]]
     timeout_s: float = 120
     check_stdout: bool = False
-
-
-@dataclass
-class Result:
-    name: str
-    times: list[float] = field(default_factory=list)
-    failure: str | None = None
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.times) if self.times and not self.failure else None
 
 
 # A check gets {name: (stdout of the warm-up, its scratch dir)} and says what it found;
@@ -210,12 +202,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.n < 1:
         parser.error("-n must be at least 1")
-    missing = sorted({pkg for prog, pkg in HOST_PROGRAMS.items() if not shutil.which(prog)})
-    if missing:
-        sys.exit(f"missing host programs; run: apt-get install -y {' '.join(missing)}")
-    images = sorted(Path("/boot").glob("initrd.img-*"),
-                    key=lambda p: [int(x) for x in re.findall(r"\d+", p.name)])
-    img = args.initrd or (images[-1] if images else None)
+    check_host(HOST_PROGRAMS)
+    img = args.initrd or newest("initrd.img-*")
     if img is None or not img.is_file():
         parser.error("no initrd: pass --initrd IMG (apt-get install linux-image-amd64)")
     img = img.resolve()

@@ -408,8 +408,6 @@ def _notice(vm: VM, verbose: bool) -> None:
 
 
 def _interactive(vm: VM, timeout: float) -> int:
-    from bootlab.analysis.console import OutcomeKind, analyze
-
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C belongs to the guest's shell
     try:
         vm.start()
@@ -418,10 +416,10 @@ def _interactive(vm: VM, timeout: float) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
         vm.close()
-    outcome = analyze(vm.console_log.read_text(errors="replace")) if vm.console_log.exists() else None
     if status is None:
         raise Timeout(f"the guest was still running after {timeout:g} s (console log: {vm.console_log})")
-    if outcome is not None and outcome.kind not in (OutcomeKind.OK, OutcomeKind.UNKNOWN):
+    outcome = vm.console_outcome()
+    if outcome.failed:
         _err(f"{outcome.reason} (console log: {vm.console_log})")
         return EXIT_FAILED
     if status != 0:

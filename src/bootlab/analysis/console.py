@@ -43,6 +43,11 @@ class Outcome:
     reason: str  # one line for a human
     evidence: list[str] = field(default_factory=list)  # console lines, verbatim minus timestamps
 
+    @property
+    def failed(self) -> bool:
+        """The console shows the boot went wrong (neither a clean run nor inconclusive)."""
+        return self.kind not in (OutcomeKind.OK, OutcomeKind.UNKNOWN)
+
 
 # --- reading lines -------------------------------------------------------------------------------
 

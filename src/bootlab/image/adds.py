@@ -37,19 +37,13 @@ def add_entries(value: str) -> list[Entry]:
         if guest:
             entries.insert(0, Entry(guest, Kind.DIR, 0o755))
         programs = [str(e.source) for e in entries if e.kind is Kind.FILE and e.source is not None
-                    and _dynamic(e.source)]
+                    and elf.is_dynamic(e.source)]
     else:
         entries = [Entry(guest, Kind.FILE, host.stat().st_mode & 0o7777, source=host)]
-        programs = [str(host.resolve())] if _dynamic(host) else []
+        programs = [str(host.resolve())] if elf.is_dynamic(host) else []
     libs = [e for e in (elf.closure(programs, Path("/")) if programs else [])
             if not (e.source is not None and str(e.source) in programs)]
     return libs + entries
-
-
-def _dynamic(path: Path) -> bool:
-    from bootlab.image.build import _is_dynamic_elf
-
-    return _is_dynamic_elf(path)
 
 
 def cached_spec_image(spec: Spec, modules: list[str]) -> Path:

@@ -19,7 +19,7 @@ from bootlab.image import cpio
 from bootlab.image.entry import Entry, Kind, Tree, file, host_file
 from bootlab.image.guest import source_date_epoch
 from bootlab.image.spec import Spec, host_tree, parse
-from bootlab.kernel.modules import ModuleIndex
+from bootlab.kernel.modules import ModuleIndex, module_name
 
 COMPRESSIONS = ("none", *codecs.ALGORITHMS)
 
@@ -61,7 +61,7 @@ def check_compression(algorithm: str, info: KernelInfo) -> None:
                        f"use one of: none, {', '.join(usable) or '(no compression is enabled)'}")
 
 
-def module_entries(names: list[str], modules_root: Path, release: str, tree: Tree) -> list[Entry]:
+def module_entries(names: list[str], modules_root: Path, release: str) -> list[Entry]:
     """The modules and their dependencies, as they are, plus modules.dep and modules.alias
     regenerated for this subset so that modprobe inside finds exactly what is there."""
     idx = ModuleIndex.load(modules_root)
@@ -72,7 +72,7 @@ def module_entries(names: list[str], modules_root: Path, release: str, tree: Tre
     dep_lines = [line for line in (modules_root / "modules.dep").read_text().splitlines()
                  if line.split(":", 1)[0].strip() in chosen]
     out.append(file(f"{base}/modules.dep", "".join(l + "\n" for l in dep_lines).encode()))
-    names_in = {p.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_") for p in paths}
+    names_in = {module_name(p) for p in paths}
     alias_file = modules_root / "modules.alias"
     if alias_file.exists():
         aliases = [l for l in alias_file.read_text().splitlines()
@@ -94,7 +94,7 @@ def resolve(spec: Spec, *, extra_modules: list[str] | None = None) -> list[Entry
     wanted = [b if b.startswith("/") else "/" + b for b in spec.binaries]
     tree.extend(elf.closure(wanted, spec.sysroot) if wanted else [])
     for e in list(tree.entries.values()):
-        if e.kind is Kind.FILE and e.source is not None and _is_dynamic_elf(e.source):
+        if e.kind is Kind.FILE and e.source is not None and elf.is_dynamic(e.source):
             for dep in elf.closure([str(e.source)], Path("/")):
                 if dep.path not in tree.entries and tree.resolve(dep.path) not in tree.entries:
                     tree.add(dep)
@@ -110,22 +110,9 @@ def resolve(spec: Spec, *, extra_modules: list[str] | None = None) -> list[Entry
         root = spec.modules_dir or Path(f"/lib/modules/{release}")
         if not (root / "modules.dep").exists():
             raise BadInput(f"no modules for kernel {release} in {root} (set modules_dir or install them)")
-        tree.extend(module_entries(modules, root, str(release), tree))
+        tree.extend(module_entries(modules, root, str(release)))
     epoch = source_date_epoch()
     return [dataclasses.replace(e, mtime=e.mtime or epoch) for e in tree.sorted()]
-
-
-def _is_dynamic_elf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                return False
-    except OSError:
-        return False
-    from bootlab.image import elf
-
-    info = elf.read_elf(path)
-    return info is not None and (info.interp is not None or bool(info.needed))
 
 
 def archive(entries: list[Entry], algorithm: str) -> bytes:

@@ -49,6 +49,15 @@ class ElfInfo:
 # ld.so itself reads; section headers may be stripped or garbage without harm).
 
 
+def is_dynamic(path: Path) -> bool:
+    """Needs an interpreter or libraries: a program whose ELF closure must come along.
+    An unreadable file is not one (its own read fails later, where it is used)."""
+    if not os.access(path, os.R_OK):
+        return False
+    info = read_elf(path)
+    return info is not None and (info.interp is not None or bool(info.needed))
+
+
 def read_elf(path: Path) -> ElfInfo | None:
     """The loader-relevant facts of `path`; None if it is not ELF, BadInput if it is broken ELF."""
     try:

@@ -89,6 +89,16 @@ def char_device(path: str, major: int, minor: int, mode: int = 0o600) -> Entry:
     return Entry(path, Kind.CHAR, mode, rdev=(major, minor))
 
 
+SKELETON_DIRS = ("dev", "proc", "sys", "tmp", "run", "root", "etc")
+
+
+def skeleton() -> list[Entry]:
+    """What every bootable initramfs wants: the usual top directories and the two device nodes
+    the kernel and a shell need before devtmpfs is mounted."""
+    return [*(directory(d, 0o1777 if d == "tmp" else 0o755) for d in SKELETON_DIRS),
+            char_device("dev/console", 5, 1, 0o600), char_device("dev/null", 1, 3, 0o666)]
+
+
 @dataclass
 class Tree:
     """Entries keyed by path, with parent directories filled in; later additions win."""
@@ -161,8 +171,9 @@ def fingerprint(entries: list[Entry]) -> list[object]:
     for e in entries:
         src: object = None
         if e.source is not None:
-            st = e.source.stat()
-            src = [str(e.source), st.st_size, st.st_mtime_ns, st.st_ino]
+            from bootlab.cache import file_identity
+
+            src = file_identity(e.source)
         elif e.data is not None:
             import hashlib
 

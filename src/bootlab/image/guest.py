@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import lzma
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bootlab import cache
+from bootlab.errors import BadInput
 from bootlab.image import busybox as bb
-from bootlab.image import cpio
-from bootlab.image.entry import Entry, Tree, char_device, directory, file, fingerprint, host_file
+from bootlab.image import compress, cpio
+from bootlab.image.entry import Entry, Tree, directory, file, fingerprint, host_file, skeleton
 
 FORMAT_VERSION = "guest-initramfs-v1"
 
@@ -35,29 +34,28 @@ class GuestSpec:
     extra: list[Entry] = field(default_factory=list)
 
 
+MODULE_COMPRESSIONS = {".xz": "xz", ".gz": "gzip", ".zst": "zstd"}
+
+
 def _module_entry(root: Path, rel: str, release: str) -> Entry:
     """Modules go in uncompressed: the agent loads them with plain finit_module."""
     src = root / rel
     dest = f"lib/modules/{release}/{rel}"
-    for ext, decompress in ((".xz", lzma.decompress), (".gz", lambda b: zlib.decompress(b, 31)),
-                            (".zst", _zstd)):
+    for ext, algorithm in MODULE_COMPRESSIONS.items():
         if rel.endswith(ext):
-            return file(dest[: -len(ext)], decompress(src.read_bytes()))
+            try:
+                data, _ = compress.decompress_stream(algorithm, src.read_bytes())
+            except compress.CorruptData as e:
+                raise BadInput(f"module {src}: {e}") from None
+            return file(dest[: -len(ext)], data)
     return host_file(dest, src, 0o644)
-
-
-def _zstd(data: bytes) -> bytes:
-    import zstandard
-
-    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
 
 
 def entries(spec: GuestSpec) -> list[Entry]:
     tree = Tree()
-    for d in ("dev", "proc", "sys", "tmp", "root", "etc", "run", "mnt", "var", "usr/bin", "usr/sbin", "sbin"):
-        tree.add(directory(d, 0o1777 if d == "tmp" else 0o755))
-    tree.add(char_device("dev/console", 5, 1, 0o600))
-    tree.add(char_device("dev/null", 1, 3, 0o666))
+    tree.extend(skeleton())
+    for d in ("mnt", "var", "usr/bin", "usr/sbin", "sbin"):
+        tree.add(directory(d))
     tree.extend(bb.entries(spec.busybox))
     tree.add(host_file("init", spec.agent, 0o755))
     tree.add(file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"))

@@ -33,7 +33,7 @@ from typing import Any
 
 from bootlab.errors import BadInput
 from bootlab.image import busybox as bb
-from bootlab.image.entry import Entry, Kind, Tree, directory, file, host_file, symlink
+from bootlab.image.entry import Entry, Kind, Tree, directory, file, host_file, skeleton, symlink
 
 TOP_KEYS = {"compress", "busybox", "init", "init_file", "modules", "kernel", "release",
             "modules_dir", "binaries", "sysroot", "dir", "file", "tree", "symlink", "hardlink",
@@ -48,7 +48,6 @@ TABLE_KEYS = {
     "device": COMMON | {"type", "major", "minor"},
     "fifo": COMMON,
 }
-BASE_DIRS = ("dev", "proc", "sys", "tmp", "run", "root", "etc")
 
 
 @dataclass
@@ -132,10 +131,7 @@ def parse(doc: dict[str, Any], path: Path, *, defaults: bool = True) -> Spec:
     spec = Spec(source=path)
     tree = Tree()
     if defaults:
-        for d in BASE_DIRS:
-            tree.add(directory(d, 0o1777 if d == "tmp" else 0o755))
-        tree.add(Entry("dev/console", Kind.CHAR, 0o600, rdev=(5, 1)))
-        tree.add(Entry("dev/null", Kind.CHAR, 0o666, rdev=(1, 3)))
+        tree.extend(skeleton())
 
     if doc.get("busybox"):
         bb_value = doc["busybox"]

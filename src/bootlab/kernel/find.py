@@ -19,13 +19,19 @@ def _version_key(name: str) -> list[object]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def newest(pattern: str, boot_dir: Path = BOOT_DIR) -> Path | None:
+    """The highest-versioned file matching `pattern` (vmlinuz-*, initrd.img-*), or None."""
+    candidates = sorted(boot_dir.glob(pattern), key=lambda p: _version_key(p.name))
+    return candidates[-1] if candidates else None
+
+
 def default_kernel(boot_dir: Path = BOOT_DIR) -> Path:
     """The newest /boot/vmlinuz-*, like a boot loader's default entry."""
-    candidates = sorted(boot_dir.glob("vmlinuz-*"), key=lambda p: _version_key(p.name))
-    if not candidates:
+    kernel = newest("vmlinuz-*", boot_dir)
+    if kernel is None:
         raise BadInput(f"no kernel found in {boot_dir}: install one (apt-get install linux-image-amd64) "
                        "or pass --kernel PATH")
-    return candidates[-1]
+    return kernel
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ def _canonical(name: str) -> str:
     return name.replace("-", "_")
 
 
-def _module_name(relpath: str) -> str:
+def module_name(relpath: str) -> str:
+    """The name modprobe knows a module file by: kernel/fs/ext4/ext4.ko.xz -> ext4."""
     base = relpath[relpath.rfind("/") + 1:]
     end = base.find(".ko")
     return (base[:end] if end > 0 else base).replace("-", "_")
@@ -44,7 +45,7 @@ class ModuleIndex:
             target = target.strip()
             if not target:
                 continue
-            name = _module_name(target)
+            name = module_name(target)
             idx.paths[name] = target
             idx.raw_deps[name] = rest  # parsed only for the modules asked for
         softdep = root / "modules.softdep"
@@ -58,7 +59,7 @@ class ModuleIndex:
                     idx.softdeps[_canonical(words[1])] = pre
         builtin = root / "modules.builtin"
         if builtin.exists():
-            idx.builtin = {_module_name(l.strip()) for l in builtin.read_text().splitlines() if l.strip()}
+            idx.builtin = {module_name(l.strip()) for l in builtin.read_text().splitlines() if l.strip()}
         return idx
 
     def aliases(self, alias: str) -> list[str]:
@@ -74,7 +75,7 @@ class ModuleIndex:
         return self._aliases.get(alias, [])
 
     def deps(self, name: str) -> list[str]:
-        return [_module_name(d) for d in self.raw_deps.get(name, "").split()]
+        return [module_name(d) for d in self.raw_deps.get(name, "").split()]
 
     def closure(self, names: list[str]) -> list[str]:
         """Module paths to load, dependencies first, each once; built-in modules are skipped."""

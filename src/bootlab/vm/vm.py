@@ -33,6 +33,7 @@ from bootlab.vm.protocol import STDIN_CHUNK, Channel, Frame, T, decode_exec_erro
 from bootlab.vm.session import Session
 
 if TYPE_CHECKING:
+    from bootlab.analysis.console import Outcome
     from bootlab.kernel.fetch import FetchedKernel
 
 Sink = Union[Callable[[bytes], object], BinaryIO, None]
@@ -182,7 +183,8 @@ class VM:
         own_image = self.initrd is not None
         self._check_disks()
         self._check_shares()
-        initrd = self.initrd if own_image else self._initramfs(kernel.image.release)
+        root_fstype = self._root_fstype() if self.root is not None else None
+        initrd = self.initrd if own_image else self._initramfs(kernel.image.release, root_fstype)
         self.accel = accel_mod.choose(self.accel_requested, self.arch, kernel.boot_path)
         # cryptomgr.notests: the crypto self-tests cost 0.2 s of TCG boot; --append can undo it.
         append = [f"console={self.arch.console}", "panic=-1", "cryptomgr.notests", *self.arch.kernel_args]
@@ -204,8 +206,8 @@ class VM:
             append.append("bootlab.shares=" + ",".join(
                 f"share{i}:{guest}" + ("" if rw else ":ro") for i, (_, guest, rw) in enumerate(self.shares)))
         if self.root is not None:
-            append += [f"bootlab.root={self.root}", f"bootlab.rootfstype={self._root_fstype()}"]
-            if self._root_disk() is not None and self._root_disk().readonly:  # type: ignore[union-attr]
+            append += [f"bootlab.root={self.root}", f"bootlab.rootfstype={root_fstype}"]
+            if self._root_disk().readonly:  # type: ignore[union-attr]  # _check_disks made sure it exists
                 append.append("bootlab.rootflags=ro")
         append += self.user_append
         return Machine(arch=self.arch, kernel=kernel.boot_path, console_log=self.console_log,
@@ -227,6 +229,8 @@ class VM:
                 raise BadInput(f"--root {self.root}: attach the disk with --disk IMG")
             if not re.fullmatch(r"/dev/vd[a-z]", self.root):
                 raise BadInput(f"--root {self.root}: expected a virtio disk such as /dev/vda")
+            if self._root_disk() is None:
+                raise BadInput(f"--root {self.root}: only {len(self.disks)} disk(s) attached")
 
     def _p9_shares(self) -> list[Share]:
         out = [Share(Path("/"), "hostroot")] if self.host_root else []
@@ -256,8 +260,7 @@ class VM:
         if self.rootfstype:
             return self.rootfstype
         disk = self._root_disk()
-        if disk is None:
-            raise BadInput(f"--root {self.root}: only {len(self.disks)} disk(s) attached")
+        assert disk is not None  # _check_disks ran first
         with open(disk.path, "rb") as f:
             f.seek(1080)
             magic = f.read(2)
@@ -266,9 +269,9 @@ class VM:
         raise BadInput(f"--root {self.root}: {disk.path} has no ext2/3/4 filesystem; "
                        "give its type with --rootfstype")
 
-    def _initramfs(self, release: str | None) -> Path:
+    def _initramfs(self, release: str | None, root_fstype: str | None) -> Path:
         mods_root = self.modules_root or find.modules_dir(release)
-        if mods_root is None and self.kernel_path is not None:
+        if mods_root is None:
             # A kernel fetched or built elsewhere: its modules may sit beside it.
             near = self.kernel_path.parent.parent / "lib" / "modules" / str(release)
             mods_root = near if (near / "modules.dep").exists() else None
@@ -280,6 +283,10 @@ class VM:
             wanted += ["9pnet_virtio", "9p"]
         if self.net:
             wanted.append("virtio_net")
+        if self.host_root:
+            wanted.append("overlay")
+        if root_fstype is not None:
+            wanted.append(root_fstype)
         extra = list(self.extra_entries)
         if self.ssh_port is not None:
             from bootlab.image.entry import file
@@ -287,10 +294,6 @@ class VM:
 
             ssh.check_port_free(self.ssh_port)
             extra.append(file("etc/bootlab/authorized_keys", ssh.authorized_keys(), 0o600))
-        if self.host_root:
-            wanted.append("overlay")
-        if self.root is not None:
-            wanted.append(self._root_fstype())
         optional: set[str] = set()
         if mods_root is not None:
             paths, optional = ModuleIndex.load(mods_root).resolve(wanted)
@@ -376,20 +379,24 @@ class VM:
             session.wait(2)
         qemu_error = session.qemu_error() if session is not None else None
         self.close()
-        from bootlab.analysis.console import OutcomeKind, analyze
-
-        try:
-            text = self.console_log.read_text(errors="replace")
-        except OSError:
-            text = ""
-        outcome = analyze(text)
-        if outcome.kind is not OutcomeKind.UNKNOWN and outcome.kind is not OutcomeKind.OK:
+        outcome = self.console_outcome()
+        if outcome.failed:
             reason = outcome.reason
         elif qemu_error:
             reason = f"QEMU: {qemu_error}"
         else:
             reason = what
         raise VMFailed(f"{reason} (console log: {self.console_log})", self.console_log, outcome)
+
+    def console_outcome(self) -> "Outcome":
+        """What the console log says about how the boot went."""
+        from bootlab.analysis.console import analyze
+
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            text = ""
+        return analyze(text)
 
     def close(self) -> None:
         """Power the guest off (quickly) and make sure QEMU is gone."""

@@ -192,52 +192,50 @@ static void load_modules(void)
 	fclose(f);
 }
 
+/* Small text files (proc files, key lists), NUL-terminated; NULL if unreadable. */
+static char *read_small_file(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return NULL;
+	char *buf = calloc(1, 65536);
+	size_t n = fread(buf, 1, 65535, f);
+	fclose(f);
+	buf[n] = 0;
+	return buf;
+}
+
+/* Where kernel argument `key` (alone or as key=value) starts its tail, or NULL. The command
+ * line never changes, so it is read once. */
+static const char *cmdline_find(const char *key)
+{
+	static const char *line;
+	if (!line) {
+		line = read_small_file("/proc/cmdline");
+		if (!line)
+			line = "";
+	}
+	size_t kl = strlen(key);
+	for (const char *p = line; (p = strstr(p, key)); p += kl) {
+		char end = p[kl];
+		if ((p == line || p[-1] == ' ') && (end == 0 || end == ' ' || end == '\n' || end == '='))
+			return p + kl;
+	}
+	return NULL;
+}
+
 static int cmdline_has(const char *word)
 {
-	static char buf[4096];
-	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
-	size_t wl = strlen(word);
-	for (char *p = buf; (p = strstr(p, word)); p += wl) {
-		int starts = p == buf || p[-1] == ' ';
-		char end = p[wl];
-		if (starts && (end == 0 || end == ' ' || end == '\n' || end == '='))
-			return 1;
-	}
-	return 0;
+	return cmdline_find(word) != NULL;
 }
 
 /* The value of kernel argument `key=value` (a fresh copy), or NULL. */
 static const char *cmdline_value(const char *key)
 {
-	static char buf[4096];
-	char value[512];
-	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	const char *p = cmdline_find(key);
+	if (!p || *p != '=')
 		return NULL;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return NULL;
-	buf[n] = 0;
-	size_t kl = strlen(key);
-	for (char *p = buf; (p = strstr(p, key)); p += kl) {
-		if ((p == buf || p[-1] == ' ') && p[kl] == '=') {
-			size_t vl = strcspn(p + kl + 1, " \n");
-			if (vl >= sizeof value)
-				vl = sizeof value - 1;
-			memcpy(value, p + kl + 1, vl);
-			value[vl] = 0;
-			return strdup(value);
-		}
-	}
-	return NULL;
+	return strndup(p + 1, strcspn(p + 1, " \n"));
 }
 
 static void mkdirs(const char *path)
@@ -406,19 +404,7 @@ static void write_resolv_conf(int disk_root)
 	}
 }
 
-/* --ssh: keys the host put in our initramfs, read before a root switch hides them. */
-static char *read_small_file(const char *path)
-{
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return NULL;
-	char *buf = calloc(1, 65536);
-	size_t n = fread(buf, 1, 65535, f);
-	fclose(f);
-	buf[n] = 0;
-	return buf;
-}
-
+/* --ssh: add the keys the host put in our initramfs (read before any root switch hid them). */
 static void authorize_keys(const char *keys)
 {
 	if (!keys || !keys[0])
@@ -762,15 +748,10 @@ static void serve(void)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 
-	char release[256] = "";
-	int rfd = open("/proc/sys/kernel/osrelease", O_RDONLY | O_CLOEXEC);
-	if (rfd >= 0) {
-		ssize_t n = read(rfd, release, sizeof release - 1);
-		release[n > 0 ? n : 0] = 0;
+	char *release = read_small_file("/proc/sys/kernel/osrelease");
+	if (release)
 		release[strcspn(release, "\n")] = 0;
-		close(rfd);
-	}
-	send_frame(T_READY, 0, release, strlen(release));
+	send_frame(T_READY, 0, release ? release : "", release ? strlen(release) : 0);
 
 	for (;;) {
 		struct pollfd p[5];
