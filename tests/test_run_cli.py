@@ -174,3 +174,13 @@ def test_library_refuses_commands_in_an_image_without_agent(tmp_path: Path) -> N
     vm = bootlab.VM(initrd=tmp_path / "any.cpio")
     with pytest.raises(bootlab.BadInput, match="no bootlab agent"):
         vm.start()
+
+
+@pytest.mark.parametrize("command", [["run"], ["initramfs"], ["initramfs", "ls"], ["initramfs", "examine"],
+                                     ["initramfs", "extract"], ["initramfs", "build"], ["rootfs"],
+                                     ["rootfs", "build"], ["rootfs", "debootstrap"], ["kernel"], ["kernel", "fetch"]])
+def test_every_command_help_ends_with_examples(command: list[str]) -> None:
+    r = bootlab_cli(*command, "--help")
+    assert r.returncode == 0
+    examples = r.stdout.decode().split("examples:", 1)[1]
+    assert f"bootlab {command[0]}" in examples

@@ -129,14 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 "  bootlab rootfs debootstrap bookworm -o debian.img --include openssh-server\n"
                                 "  bootlab run --disk debian.img --root /dev/vda -- cat /etc/debian_version\n")
     rsub = rfs.add_subparsers(dest="rootfs_command", metavar="ACTION", parser_class=_Parser)
-    rb = rsub.add_parser("build", help="an ext4 image from a directory or a spec (owners, modes, nodes exact)")
+    rb = _action(rsub, "build", "an ext4 image from a directory or a spec (owners, modes, nodes exact)",
+                 ["bootlab rootfs build mytree/ -o root.img", "bootlab rootfs build spec.toml -o root.img --size 256M"])
     rb.add_argument("source", type=Path, metavar="SRC", help="a directory, or a TOML spec (see the README)")
     rb.add_argument("-o", "--output", type=Path, required=True, metavar="IMG")
     rb.add_argument("--size", default="auto", metavar="SIZE", help="e.g. 512M, 2G, or auto (default)")
     rb.add_argument("--label", metavar="LABEL", help="filesystem label")
     rb.add_argument("--keep-owners", action="store_true",
                     help="a directory's owners as they are on the host (default: root)")
-    rd = rsub.add_parser("debootstrap", help="a Debian root filesystem image, cached by its inputs")
+    rd = _action(rsub, "debootstrap", "a Debian root filesystem image, cached by its inputs",
+                 ["bootlab rootfs debootstrap bookworm -o debian.img --include openssh-server",
+                  "bootlab rootfs debootstrap bookworm --arch aarch64 -o arm64.img"])
     rd.add_argument("suite", metavar="SUITE", help="e.g. bookworm")
     rd.add_argument("-o", "--output", type=Path, required=True, metavar="IMG")
     rd.add_argument("--variant", default="minbase", help="minbase (default), buildd, important, standard")
@@ -147,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog="examples:\n  bootlab kernel fetch --arch aarch64\n"
                                  "  bootlab kernel fetch linux-image-6.1.0-56-amd64\n")
     ksub = kern.add_subparsers(dest="kernel_command", metavar="ACTION", parser_class=_Parser)
-    fetch = ksub.add_parser("fetch", help="download a Debian kernel package into the cache (no install)")
+    fetch = _action(ksub, "fetch", "download a Debian kernel package into the cache (no install)",
+                    ["bootlab kernel fetch --arch aarch64", "bootlab kernel fetch linux-image-6.1.0-56-amd64"])
     fetch.add_argument("--arch", default=None, metavar="ARCH", help="x86_64 or aarch64 (default: the host's)")
     fetch.add_argument("package", nargs="?", metavar="PACKAGE",
                        help="a linux-image package (default: linux-image-<debian arch>, the newest)")
@@ -164,27 +168,41 @@ examples:
 """
 
 
+def _action(sub: argparse._SubParsersAction, name: str, help: str, examples: list[str],  # type: ignore[type-arg]
+            **kw: object) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with examples."""
+    return sub.add_parser(name, help=help, description=kw.pop("description", help[:1].upper() + help[1:] + "."),
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="examples:\n" + "".join(f"  {e}\n" for e in examples))
+
+
 def _add_initramfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ini = sub.add_parser("initramfs", help="list, examine and extract any initramfs",
                          description="Read initramfs images the way the kernel does: every segment "
                                      "(early microcode, several compressed archives), without root.",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=INITRAMFS_EXAMPLES)
     isub = ini.add_subparsers(dest="initramfs_command", metavar="ACTION", parser_class=_Parser)
-    ls = isub.add_parser("ls", help="list every entry of every segment")
+    ls = _action(isub, "ls", "list every entry of every segment",
+                 ["bootlab initramfs ls /boot/initrd.img-$(uname -r)", "bootlab initramfs ls -l --json initrd.img"])
     ls.add_argument("file", type=Path, metavar="FILE")
     ls.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size or device, mtime, link target")
     ls.add_argument("--json", action="store_true", help="one JSON array of entries")
-    ex = isub.add_parser("examine", help="one row per segment: offset, compression, sizes, entries")
+    ex = _action(isub, "examine", "one row per segment: offset, compression, sizes, entries",
+                 ["bootlab initramfs examine /boot/initrd.img-$(uname -r)"])
     ex.add_argument("file", type=Path, metavar="FILE")
     ex.add_argument("--json", action="store_true")
-    xt = isub.add_parser("extract", help="unpack into a directory, without root")
+    xt = _action(isub, "extract", "unpack into a directory, without root",
+                 ["bootlab initramfs extract initrd.img -C out/",
+                  "bootlab initramfs extract initrd.img -C out/ --segment 1 'usr/lib/modules/*'"])
     xt.add_argument("file", type=Path, metavar="FILE")
     xt.add_argument("-C", "--directory", type=Path, required=True, metavar="DIR", help="destination")
     xt.add_argument("--segment", type=int, metavar="N", help="only segment N (see examine)")
     xt.add_argument("patterns", nargs="*", metavar="PATTERN", help="only names matching these globs")
-    bd = isub.add_parser("build", help="build an initramfs from a TOML spec, rootless and reproducible",
-                         description="Build an initramfs from a TOML spec (see the README for the format). "
-                                     "SOURCE_DATE_EPOCH (default 0) makes the output byte-identical.")
+    bd = _action(isub, "build", "build an initramfs from a TOML spec, rootless and reproducible",
+                 ["bootlab initramfs build spec.toml -o initrd.img",
+                  "bootlab initramfs build spec.toml -o initrd.img --compress zstd --early microcode/"],
+                 description="Build an initramfs from a TOML spec (see the README for the format). "
+                             "SOURCE_DATE_EPOCH (default 0) makes the output byte-identical.")
     bd.add_argument("spec", type=Path, metavar="SPEC")
     bd.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
     bd.add_argument("--compress", metavar="ALG",
