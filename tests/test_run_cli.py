@@ -113,7 +113,7 @@ def test_dry_run_prints_the_qemu_argv() -> None:
     assert line.startswith("qemu-system-x86_64 ") and "-kernel" in line and "-initrd" in line
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_signal_to_bootlab_mid_boot_leaves_no_qemu(tmp_path: Path, sig: int) -> None:
     log = tmp_path / f"sig{sig}.log"
     p = subprocess.Popen([sys.executable, "-m", "bootlab", "run", "--console-log", str(log), "--",
@@ -126,7 +126,8 @@ def test_signal_to_bootlab_mid_boot_leaves_no_qemu(tmp_path: Path, sig: int) -> 
     time.sleep(0.3)
     p.send_signal(sig)
     p.communicate(timeout=30)
-    assert p.returncode == (128 + sig if sig == signal.SIGTERM else -sig)
+    expected = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 130, signal.SIGKILL: -signal.SIGKILL}
+    assert p.returncode == expected[sig]
     deadline = time.monotonic() + 10
     while qemu_processes_with(str(log)) and time.monotonic() < deadline:
         time.sleep(0.05)
