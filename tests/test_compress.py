@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bootlab.image.compress import (
-    ALGORITHMS, CODECS, KERNEL_CONFIG, CorruptData, compress, decompress_stream, detect,
+    ALGORITHMS, CODECS, KERNEL_CONFIG, CorruptData, compress, decompress_chunks, decompress_stream,
+    detect, zstd_frame_length,
 )
 
 _rnd = random.Random(1)
@@ -47,6 +48,25 @@ def tool(*argv: str, data: bytes) -> bytes:
     return subprocess.run(argv, input=data, capture_output=True, check=True, timeout=120).stdout
 
 
+def chunked(algorithm: str, buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[bytes, int]:
+    parts: list[bytes] = []
+    end = decompress_chunks(algorithm, buf, offset, lambda piece: parts.append(bytes(piece)))
+    return b"".join(parts), end
+
+
+def both(algorithm: str, buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[bytes, int]:
+    """decompress_stream, checked against decompress_chunks (the reader of `ls` and `extract`):
+    the same data and end, or CorruptData from both."""
+    try:
+        whole = decompress_stream(algorithm, buf, offset)
+    except CorruptData:
+        with pytest.raises(CorruptData):
+            chunked(algorithm, buf, offset)
+        raise
+    assert chunked(algorithm, buf, offset) == whole
+    return whole
+
+
 def test_tables_agree() -> None:
     assert ALGORITHMS == ("gzip", "bzip2", "lzma", "xz", "lzo", "lz4", "zstd")
     assert tuple(CODECS) == ALGORITHMS
@@ -61,16 +81,16 @@ def test_tables_agree() -> None:
 def test_round_trip(algorithm: str, data: bytes) -> None:
     packed = compress(algorithm, data)
     assert detect(packed) == algorithm
-    assert decompress_stream(algorithm, packed) == (data, len(packed))
-    assert decompress_stream(algorithm, memoryview(packed)) == (data, len(packed))
-    assert decompress_stream(algorithm, bytearray(packed)) == (data, len(packed))
+    assert both(algorithm, packed) == (data, len(packed))
+    assert both(algorithm, memoryview(packed)) == (data, len(packed))
+    assert both(algorithm, bytearray(packed)) == (data, len(packed))
     assert compress(algorithm, data) == packed, "output must be reproducible"
 
 
 @pytest.mark.parametrize("algorithm", ["lz4", "lzo"])
 def test_round_trip_across_blocks(algorithm: str) -> None:
     packed = compress(algorithm, BIG)
-    assert decompress_stream(algorithm, packed) == (BIG, len(packed))
+    assert both(algorithm, packed) == (BIG, len(packed))
 
 
 def test_lz4_writes_legacy_blocks_of_8_mib() -> None:
@@ -155,14 +175,14 @@ def test_we_read_tools(algorithm: str, argv: list[str]) -> None:
     for data in (b"", SAMPLE):
         packed = tool(*argv, data=data)
         assert detect(packed) == algorithm
-        assert decompress_stream(algorithm, packed) == (data, len(packed))
+        assert both(algorithm, packed) == (data, len(packed))
 
 
 @pytest.mark.parametrize(("algorithm", "argv"), [("lz4", ["lz4", "-l", "-c"]),
                                                  ("lzo", ["lzop", "-c"])])
 def test_we_read_tools_across_blocks(algorithm: str, argv: list[str]) -> None:
     packed = tool(*argv, data=BIG)
-    assert decompress_stream(algorithm, packed) == (BIG, len(packed))
+    assert both(algorithm, packed) == (BIG, len(packed))
 
 
 def test_we_read_lzop_header_with_file_name(tmp_path: Path) -> None:
@@ -172,7 +192,7 @@ def test_we_read_lzop_header_with_file_name(tmp_path: Path) -> None:
     packed = subprocess.run(["lzop", "-c", "a-file-name.cpio"], cwd=tmp_path,
                             capture_output=True, check=True).stdout
     assert b"a-file-name.cpio" in packed[:64]
-    assert decompress_stream("lzo", packed) == (SAMPLE, len(packed))
+    assert both("lzo", packed) == (SAMPLE, len(packed))
 
 
 # --- stream boundaries ------------------------------------------------------------------------
@@ -182,18 +202,18 @@ def test_we_read_lzop_header_with_file_name(tmp_path: Path) -> None:
 def test_two_streams_one_after_the_other(algorithm: str) -> None:
     first, second = compress(algorithm, SAMPLE), compress(algorithm, b"second segment")
     buf = first + second
-    assert decompress_stream(algorithm, buf) == (SAMPLE, len(first))
-    assert decompress_stream(algorithm, buf, len(first)) == (b"second segment", len(buf))
+    assert both(algorithm, buf) == (SAMPLE, len(first))
+    assert both(algorithm, buf, len(first)) == (b"second segment", len(buf))
 
 
 def test_lz4_streams_run_together_unless_separated_by_zeros() -> None:
     """Like the kernel: a repeated magic is skipped, a zero block size ends the stream."""
     first, second = compress("lz4", SAMPLE), compress("lz4", b"second segment")
-    assert decompress_stream("lz4", first + second) == (SAMPLE + b"second segment",
+    assert both("lz4", first + second) == (SAMPLE + b"second segment",
                                                         len(first + second))
     buf = first + bytes(8) + second
-    assert decompress_stream("lz4", buf) == (SAMPLE, len(first))
-    assert decompress_stream("lz4", buf, len(first) + 8) == (b"second segment", len(buf))
+    assert both("lz4", buf) == (SAMPLE, len(first))
+    assert both("lz4", buf, len(first) + 8) == (b"second segment", len(buf))
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -201,20 +221,20 @@ def test_lz4_streams_run_together_unless_separated_by_zeros() -> None:
                          ids=["padding", "padding+cpio"])
 def test_what_follows_a_stream_is_left_alone(algorithm: str, tail: bytes) -> None:
     packed = compress(algorithm, SAMPLE)
-    assert decompress_stream(algorithm, packed + tail) == (SAMPLE, len(packed))
-    assert decompress_stream(algorithm, b"junk" + packed + tail, 4) == (SAMPLE, 4 + len(packed))
+    assert both(algorithm, packed + tail) == (SAMPLE, len(packed))
+    assert both(algorithm, b"junk" + packed + tail, 4) == (SAMPLE, 4 + len(packed))
 
 
 @pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "lz4"])
 def test_junk_right_after_a_stream_is_left_alone(algorithm: str) -> None:
     packed = compress(algorithm, SAMPLE)
-    assert decompress_stream(algorithm, packed + b"JUNK!" * 9) == (SAMPLE, len(packed))
+    assert both(algorithm, packed + b"JUNK!" * 9) == (SAMPLE, len(packed))
 
 
 def test_junk_right_after_lz4_is_read_as_a_block() -> None:
     """Legacy lz4 has no end marker: the kernel fails the same way ("Decoding failed")."""
     with pytest.raises(CorruptData, match="lz4 block"):
-        decompress_stream("lz4", compress("lz4", SAMPLE) + b"JUNK!" * 9)
+        both("lz4", compress("lz4", SAMPLE) + b"JUNK!" * 9)
 
 
 # --- corruption -------------------------------------------------------------------------------
@@ -227,14 +247,14 @@ def test_truncated_streams_raise(algorithm: str) -> None:
     cuts = range(8 if algorithm == "lz4" else 0, len(packed), 1 if len(packed) < 4000 else 7)
     for cut in [*cuts, len(packed) - 1]:
         with pytest.raises(CorruptData):
-            decompress_stream(algorithm, packed[:cut])
+            both(algorithm, packed[:cut])
 
 
 @pytest.mark.parametrize("algorithm", ["lz4", "lzo"])
 def test_truncated_block_is_detected(algorithm: str) -> None:
     packed = compress(algorithm, BIG)
     with pytest.raises(CorruptData, match="truncated"):
-        decompress_stream(algorithm, packed[:len(packed) // 2])
+        both(algorithm, packed[:len(packed) // 2])
 
 
 @pytest.mark.parametrize("algorithm", CHECKED)
@@ -246,7 +266,7 @@ def test_bit_flips_raise_or_change_nothing(algorithm: str) -> None:
         altered = bytearray(packed)
         altered[pos] ^= 1 << (pos % 8)
         try:
-            out, _ = decompress_stream(algorithm, altered)
+            out, _ = both(algorithm, altered)
         except CorruptData as e:
             assert "\n" not in str(e)
             detected += 1
@@ -261,13 +281,13 @@ def test_lz4_bad_block_size_is_detected() -> None:
         altered = bytearray(packed)
         altered[4 + bit // 8] ^= 1 << (bit % 8)
         with pytest.raises(CorruptData):
-            decompress_stream("lz4", altered)
+            both("lz4", altered)
 
 
 def test_lz4_block_larger_than_8_mib_is_refused() -> None:
     block = lz4.block.compress(bytes(8 * MIB + 1), store_size=False)
     with pytest.raises(CorruptData, match="lz4"):
-        decompress_stream("lz4", compress("lz4", b"") + struct.pack("<I", len(block)) + block)
+        both("lz4", compress("lz4", b"") + struct.pack("<I", len(block)) + block)
 
 
 @pytest.mark.parametrize(("algorithm", "where", "message"), [
@@ -279,14 +299,14 @@ def test_messages_say_what_is_wrong(algorithm: str, where: int, message: str) ->
     packed = bytearray(compress(algorithm, SAMPLE))
     packed[where] ^= 0x10
     with pytest.raises(CorruptData, match=message):
-        decompress_stream(algorithm, packed)
+        both(algorithm, packed)
 
 
 def test_bad_lzo_header_checksum() -> None:
     packed = bytearray(compress("lzo", SAMPLE))
     packed[20] ^= 1  # inside the mode field
     with pytest.raises(CorruptData, match="header checksum"):
-        decompress_stream("lzo", packed)
+        both("lzo", packed)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -295,7 +315,7 @@ def test_wrong_place_raises(algorithm: str) -> None:
     for buf, offset in [(packed, len(packed)), (packed, len(packed) + 1), (b"070701", 0),
                         (b"", 0), (packed, 1)]:
         with pytest.raises(CorruptData):
-            decompress_stream(algorithm, buf, offset)
+            both(algorithm, buf, offset)
 
 
 def test_unknown_algorithm_is_a_plain_value_error() -> None:
@@ -304,6 +324,50 @@ def test_unknown_algorithm_is_a_plain_value_error() -> None:
     assert not isinstance(info.value, CorruptData)
     with pytest.raises(ValueError, match="unknown compression"):
         compress("lzf", b"")
+
+
+# --- zstd: where a frame ends, without decoding it ---------------------------------------------
+
+
+ZSTD_FRAMES = [
+    ("zstd", ["zstd", "-c"], SAMPLE),  # compressed blocks, XXH64 checksum
+    ("zstd", ["zstd", "--no-check", "-c"], SAMPLE),
+    ("zstd", ["zstd", "-c"], bytes(1 << 20)),  # RLE blocks
+    ("zstd", ["zstd", "-c"], random.Random(2).randbytes(300_000)),  # raw (stored) blocks
+    ("zstd", ["zstd", "-c"], b""),  # one empty last block
+    ("zstd", ["zstd", "-c"], b"x"),  # single segment, 1-byte content size
+]
+
+
+@pytest.mark.parametrize(("algorithm", "argv", "data"), ZSTD_FRAMES,
+                         ids=["checksum", "no-check", "rle", "raw", "empty", "one-byte"])
+def test_zstd_frame_length_is_where_the_decoder_stops(algorithm: str, argv: list[str], data: bytes) -> None:
+    packed = tool(*argv, data=data)
+    tail = b"\0" * 8 + b"070701"
+    assert zstd_frame_length(memoryview(packed + tail)) == len(packed)
+    assert both("zstd", packed + tail) == (data, len(packed))
+
+
+def test_zstd_frame_length_of_our_own_and_content_size_fields() -> None:
+    import zstandard
+
+    for size in (0, 1, 255, 256, 65_791, 1 << 20):  # 1-, 2-, 4-byte content size fields
+        data = SAMPLE[:size] if size <= len(SAMPLE) else big(size)
+        for packed in (compress("zstd", data),
+                       zstandard.ZstdCompressor(write_content_size=False).compress(data),
+                       zstandard.ZstdCompressor(write_dict_id=True, write_checksum=True).compress(data)):
+            assert zstd_frame_length(memoryview(packed)) == len(packed)
+
+
+def test_zstd_frame_length_refuses_what_is_not_a_whole_frame() -> None:
+    packed = compress("zstd", SAMPLE)
+    for cut in range(0, len(packed), 3):
+        with pytest.raises(CorruptData, match="truncated"):
+            zstd_frame_length(memoryview(packed[:cut]))
+    reserved = bytearray(packed)
+    reserved[4] |= 0x08
+    with pytest.raises(CorruptData, match="reserved bit"):
+        zstd_frame_length(memoryview(bytes(reserved)))
 
 
 # --- detect -----------------------------------------------------------------------------------
@@ -331,7 +395,7 @@ VALID = {a: compress(a, SAMPLE[:3000]) for a in ALGORITHMS}
 
 def _returns_or_corrupt(algorithm: str, buf: bytes, offset: int = 0) -> None:
     try:
-        out, end = decompress_stream(algorithm, buf, offset)
+        out, end = both(algorithm, buf, offset)
     except CorruptData as e:
         assert str(e) and "\n" not in str(e)
     else:
@@ -436,9 +500,9 @@ def test_kernel_and_we_agree_on_what_follows_lz4(kernel: Path, base_cpio: bytes,
     initrd = first + bytes(padding) + compress("gzip", _cpio([file("payload/after", b"x")], 9999))
     console = _boot(kernel, initrd, tmp_path)
     if padding:
-        assert decompress_stream("lz4", initrd)[1] == len(first)
+        assert both("lz4", initrd)[1] == len(first)
         assert "/payload/after" in _hashes(console), console[-3000:]
     else:
         with pytest.raises(CorruptData):
-            decompress_stream("lz4", initrd)
+            both("lz4", initrd)
         assert "Initramfs unpacking failed: Decoding failed" in console, console[-3000:]

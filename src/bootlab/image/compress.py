@@ -26,11 +26,13 @@ import lzma
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-import lz4.block
-import lzo
-import zstandard
+if TYPE_CHECKING:
+    import zstandard
+
+# lz4, lzo and zstandard are imported where used: listing a zstd initrd should not pay for
+# loading the other libraries (startup is a third of `initramfs ls`).
 
 ALGORITHMS: tuple[str, ...] = ("gzip", "bzip2", "lzma", "xz", "lzo", "lz4", "zstd")
 
@@ -50,6 +52,7 @@ class CorruptData(ValueError):
 
 
 Buffer = bytes | bytearray | memoryview
+Sink = Callable[[memoryview], None]
 
 # liblzma would otherwise allocate whatever dictionary a (possibly corrupt) header asks for.
 _LZMA_MEMLIMIT = 1 << 30
@@ -69,7 +72,7 @@ def _decode_one(name: str, decoder: _Decoder, view: memoryview) -> tuple[bytes, 
     stream, xz stream, zstd frame) and keeps what follows as `unused_data`."""
     try:
         out = decoder.decompress(view)
-    except (zlib.error, OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as e:
+    except _library_errors() as e:
         raise CorruptData(f"corrupt {name} stream: {_reason(e)}") from None
     if not decoder.eof:
         raise CorruptData(f"truncated {name} stream")
@@ -79,8 +82,7 @@ def _decode_one(name: str, decoder: _Decoder, view: memoryview) -> tuple[bytes, 
 _CHUNK = 256 << 10
 
 
-def _decode_chunks(name: str, decoder: _Decoder, view: memoryview,
-                   sink: Callable[[bytes], None]) -> int:
+def _decode_chunks(name: str, decoder: _Decoder, view: memoryview, sink: Sink) -> int:
     """Like _decode_one, but fed 256 KiB at a time and handing each piece of output to `sink`,
     so a reader that only wants headers never holds the whole decompressed segment."""
     pos = 0
@@ -89,12 +91,20 @@ def _decode_chunks(name: str, decoder: _Decoder, view: memoryview,
             out = decoder.decompress(view[pos:pos + _CHUNK])
             pos += min(_CHUNK, len(view) - pos)
             if out:
-                sink(out)
-    except (zlib.error, OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as e:
+                sink(memoryview(out))
+    except _library_errors() as e:
         raise CorruptData(f"corrupt {name} stream: {_reason(e)}") from None
     if not decoder.eof:
         raise CorruptData(f"truncated {name} stream")
     return pos - len(decoder.unused_data)
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    """What the decoders raise on bad data. Called only once an exception is under way, so
+    zstandard is imported here only if it is already in use."""
+    import zstandard
+
+    return (zlib.error, OSError, EOFError, lzma.LZMAError, zstandard.ZstdError)
 
 
 _REASONS = {"incorrect data check": "bad CRC", "incorrect length check": "bad length"}
@@ -124,7 +134,69 @@ def _lzma_compress(data: bytes) -> bytes:
 
 
 def _zstd_compress(data: bytes) -> bytes:
+    import zstandard
+
     return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+
+
+# --- zstd: zstandard decodes; we find where the frame ends -----------------------------------
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_PIECE = 1 << 20  # output per read: large enough to amortise the call, small enough for L2
+
+
+def zstd_frame_length(view: memoryview) -> int:
+    """The length of the zstd frame at view[0], from its header and block headers (RFC 8878,
+    section 3.1.1), without decoding anything.
+
+    zstandard's fastest reader (`readinto` a reused buffer) wants the frame's exact bytes: it
+    fails on whatever follows the frame, and says nothing when the frame is cut short. Walking
+    the block headers (a few hundred for a 30 MB initrd) answers both up front."""
+    n = len(view)
+    if n < 6:
+        raise CorruptData("truncated zstd frame header")
+    descriptor = view[4]
+    if descriptor & 0x08:
+        raise CorruptData("corrupt zstd frame header (reserved bit set)")
+    single_segment = descriptor >> 5 & 1
+    size_field = (single_segment, 2, 4, 8)[descriptor >> 6]  # Frame_Content_Size
+    dict_field = (0, 1, 2, 4)[descriptor & 3]
+    pos = 5 + (not single_segment) + dict_field + size_field  # window descriptor unless single
+    while True:
+        if pos + 3 > n:
+            raise CorruptData("truncated zstd stream")
+        block = int.from_bytes(view[pos:pos + 3], "little")
+        kind, size = block >> 1 & 3, block >> 3
+        if kind == 3:
+            raise CorruptData("corrupt zstd stream (reserved block type)")
+        pos += 3 + (1 if kind == 1 else size)  # an RLE block stores its byte once
+        if block & 1:  # Last_Block
+            break
+    pos += 4 * (descriptor >> 2 & 1)  # Content_Checksum
+    if pos > n:
+        raise CorruptData("truncated zstd stream")
+    return pos
+
+
+def _zstd_decompress(view: memoryview) -> tuple[bytes, int]:
+    import zstandard
+
+    return _decode_one("zstd", zstandard.ZstdDecompressor().decompressobj(), view)
+
+
+def _zstd_chunks(view: memoryview, sink: Sink) -> int:
+    import zstandard
+
+    end = zstd_frame_length(view)
+    reader = zstandard.ZstdDecompressor().stream_reader(view[:end], read_across_frames=False)
+    buf = bytearray(_ZSTD_PIECE)
+    out = memoryview(buf)
+    try:
+        while got := reader.readinto(buf):
+            sink(out[:got])
+    except zstandard.ZstdError as e:
+        raise CorruptData(f"corrupt zstd stream: {_reason(e)}") from None
+    return end
 
 
 # --- lz4 legacy frame ------------------------------------------------------------------------
@@ -135,6 +207,8 @@ _LZ4_BLOCK = 8 << 20  # each block decompresses to at most 8 MiB
 
 
 def _lz4_compress(data: bytes) -> bytes:
+    import lz4.block
+
     view = memoryview(data)
     parts = [_LZ4_MAGIC]
     for start in range(0, len(view), _LZ4_BLOCK):
@@ -146,6 +220,8 @@ def _lz4_compress(data: bytes) -> bytes:
 def _lz4_decompress(view: memoryview) -> tuple[bytes, int]:
     """Blocks until the end of the buffer, a zero size, or fewer than 4 bytes (see module doc).
     A repeated magic is skipped, as the kernel does, so `cat a.lz4 b.lz4` is one stream."""
+    import lz4.block
+
     parts: list[bytes] = []
     pos = len(_LZ4_MAGIC)
     while len(view) - pos >= 4:
@@ -182,6 +258,8 @@ _LZO1X_METHODS = (1, 2, 3)  # LZO1X-1, LZO1X-1(15), LZO1X-999: one bitstream
 def _lzo_compress(data: bytes) -> bytes:
     """lzop-compatible output: version 0x1040 header (the kernel's parser assumes >= 0x0940),
     LZO1X-1 blocks of 256 KiB, each with only an Adler-32 of its uncompressed data."""
+    import lzo
+
     flags = _OS_UNIX | _STDIN | _STDOUT | _ADLER32_D
     # version, lib version, version needed, method (LZO1X-1), level (lzop's default writes 5),
     # flags, mode, mtime low, mtime high, name length
@@ -220,6 +298,8 @@ def _lzo_checksum(flags: int, adler: int, crc: int, data: memoryview | bytes) ->
 
 
 def _lzo_decompress(view: memoryview) -> tuple[bytes, int]:
+    import lzo
+
     cur = _Cursor(view, "lzo header")
     cur.take(len(_LZOP_MAGIC))
     version = cur.uint(2)
@@ -284,30 +364,32 @@ class Codec:
     compress: Callable[[bytes], bytes]
     # one stream at the start of the view -> (data, bytes consumed); raises CorruptData
     decompress: Callable[[memoryview], tuple[bytes, int]]
-    # a fresh library decoder for chunked reading; None where we decode whole streams ourselves
-    decoder: Callable[[], _Decoder] | None = None
+    # the same, handing the output to a sink piece by piece -> bytes consumed; None where we
+    # decode whole streams ourselves (lzo, lz4: their blocks are small anyway)
+    chunks: Callable[[memoryview, Sink], int] | None = None
+
+
+def _library(name: str, decoder: Callable[[], _Decoder]) -> tuple[
+        Callable[[memoryview], tuple[bytes, int]], Callable[[memoryview, Sink], int]]:
+    """(decompress, chunks) for a library decoder that finds the end of its stream itself."""
+    return (lambda v: _decode_one(name, decoder(), v),
+            lambda v, sink: _decode_chunks(name, decoder(), v, sink))
+
+
+def _xz_decoder(fmt: int) -> Callable[[], _Decoder]:
+    return lambda: lzma.LZMADecompressor(fmt, memlimit=_LZMA_MEMLIMIT)
 
 
 CODECS: dict[str, Codec] = {c.name: c for c in (
-    Codec("gzip", b"\x1f\x8b\x08", _gzip_compress,
-          lambda v: _decode_one("gzip", zlib.decompressobj(31), v), lambda: zlib.decompressobj(31)),
-    Codec("bzip2", b"BZh", lambda d: bz2.compress(d, 9),
-          lambda v: _decode_one("bzip2", bz2.BZ2Decompressor(), v), bz2.BZ2Decompressor),
+    Codec("gzip", b"\x1f\x8b\x08", _gzip_compress, *_library("gzip", lambda: zlib.decompressobj(31))),
+    Codec("bzip2", b"BZh", lambda d: bz2.compress(d, 9), *_library("bzip2", bz2.BZ2Decompressor)),
     # .lzma has no magic; these are the two bytes the kernel looks for (lc=3 lp=0 pb=2 and a
     # dictionary size whose low byte is 0), which every lzma(1) preset writes.
-    Codec("lzma", b"\x5d\x00", _lzma_compress,
-          lambda v: _decode_one("lzma", lzma.LZMADecompressor(
-              lzma.FORMAT_ALONE, memlimit=_LZMA_MEMLIMIT), v),
-          lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE, memlimit=_LZMA_MEMLIMIT)),
-    Codec("xz", b"\xfd7zXZ\x00", _xz_compress,
-          lambda v: _decode_one("xz", lzma.LZMADecompressor(
-              lzma.FORMAT_XZ, memlimit=_LZMA_MEMLIMIT), v),
-          lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=_LZMA_MEMLIMIT)),
+    Codec("lzma", b"\x5d\x00", _lzma_compress, *_library("lzma", _xz_decoder(lzma.FORMAT_ALONE))),
+    Codec("xz", b"\xfd7zXZ\x00", _xz_compress, *_library("xz", _xz_decoder(lzma.FORMAT_XZ))),
     Codec("lzo", _LZOP_MAGIC, _lzo_compress, _lzo_decompress),
     Codec("lz4", _LZ4_MAGIC, _lz4_compress, _lz4_decompress),
-    Codec("zstd", b"\x28\xb5\x2f\xfd", _zstd_compress,
-          lambda v: _decode_one("zstd", zstandard.ZstdDecompressor().decompressobj(), v),
-          lambda: zstandard.ZstdDecompressor().decompressobj(write_size=128 << 10)),
+    Codec("zstd", _ZSTD_MAGIC, _zstd_compress, _zstd_decompress, _zstd_chunks),
 )}
 
 
@@ -348,15 +430,18 @@ def decompress_stream(algorithm: str, buf: Buffer, offset: int = 0) -> tuple[byt
     return data, offset + used
 
 
-def decompress_chunks(algorithm: str, buf: Buffer, offset: int, sink: Callable[[bytes], None]) -> int:
+def decompress_chunks(algorithm: str, buf: Buffer, offset: int, sink: Sink) -> int:
     """Decompress the ONE stream at buf[offset:], handing the output to `sink` piece by piece;
-    return the offset just past the stream. Same errors as decompress_stream."""
+    return the offset just past the stream. Same errors as decompress_stream.
+
+    A piece may be a view of a buffer that is reused for the next one: the sink must copy
+    what it keeps."""
     codec = _codec(algorithm)
-    if codec.decoder is None:
+    if codec.chunks is None:
         data, end = decompress_stream(algorithm, buf, offset)
-        sink(data)
+        sink(memoryview(data))
         return end
     view = memoryview(buf).cast("B")
     if view[offset:offset + len(codec.magic)] != codec.magic:
         raise CorruptData(f"no {algorithm} stream at offset {offset}")
-    return offset + _decode_chunks(algorithm, codec.decoder(), view[offset:], sink)
+    return offset + codec.chunks(view[offset:], sink)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import stat
 import struct
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Callable, Iterable, Protocol
 
 from bootlab.image.entry import Entry, Kind
 
@@ -165,96 +165,143 @@ def read_archive(buf: bytes | memoryview, offset: int = 0) -> tuple[list[Member]
         pos = data_offset + size + (-size % 4)
 
 
+class DataSink(Protocol):
+    """Where a member's data goes while it streams past (extraction writes it to a file)."""
+
+    def write(self, piece: memoryview) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class StreamParser:
-    """newc headers from a stream fed in chunks, for listing without holding the archive.
+    """newc members from a stream fed in pieces, for reading without holding the archive.
 
-    File data is skipped as it goes by; only symlink targets are kept. Several archives may follow
-    each other (with NUL padding between), as in one decompressed initramfs segment."""
+    Data goes by as it comes: a symlink's is kept (its target), a member's is handed to the sink
+    `on_member` returns for it (extraction), anything else is skipped. Several archives may
+    follow each other, with NUL padding between, as in one decompressed initramfs segment.
+    Pieces may be views of a buffer the feeder reuses, so whatever is kept is copied."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, on_member: Callable[[Member], DataSink | None] | None = None) -> None:
         self.where = where
+        self.on_member = on_member
         self.members: list[Member] = []
-        self.size = 0  # bytes seen so far
-        self._pending = b""  # an incomplete header carried to the next chunk
-        self._skip = 0  # data and padding still to pass over
-        self._link: bytearray | None = None  # collecting a symlink target
-        self._link_member: Member | None = None
+        self.size = 0  # bytes fed so far
+        self._head = bytearray()  # a header split across pieces, being completed
+        self._head_at = 0  # its stream offset
+        self._data = 0  # bytes of the current member's data still to come
+        self._pad = 0  # then padding to pass over
+        self._link: tuple[Member, bytearray] | None = None  # a symlink and its target so far
+        self._sink: DataSink | None = None
         self._in_archive = False
         self._archives = 0
 
-    def feed(self, chunk: bytes) -> None:
-        data = self._pending + chunk if self._pending else chunk
-        base = self.size - len(self._pending)  # stream offset of data[0]
-        self.size += len(chunk)
-        self._pending = b""
-        i, n = 0, len(data)
-        while True:
-            if self._skip:
-                take = min(self._skip, n - i)
+    def feed(self, piece: bytes | memoryview) -> None:
+        view = memoryview(piece)
+        base = self.size  # stream offset of view[0]
+        self.size += len(view)
+        i, n = 0, len(view)
+        while i < n:
+            if self._data:
+                take = min(self._data, n - i)
                 if self._link is not None:
-                    self._link += data[i:i + take]
+                    self._link[1].extend(view[i:i + take])
+                elif self._sink is not None:
+                    self._sink.write(view[i:i + take])
                 i += take
-                self._skip -= take
-                if self._skip:
-                    return
-                self._finish_link()
-            if not self._in_archive:
-                rest = data[i:i + 65536]
-                stripped = len(rest) - len(rest.lstrip(b"\0"))
-                i += stripped
-                if stripped == len(rest):
-                    if i < n:
-                        continue
-                    return
-            if n - i < HEADER_SIZE:
-                self._pending = bytes(data[i:])
-                return
-            head = bytes(data[i:i + HEADER_SIZE])
-            if head[:6] not in (MAGIC, MAGIC_CRC):
-                what = "junk after the cpio trailer" if self._archives else f"bad cpio magic {head[:6]!r}"
-                raise CpioError(f"{self.where}: {what} at offset {base + i}")
-            try:
-                f = _FIELDS.unpack(bytes.fromhex(head[6:].decode("ascii")))
-            except (ValueError, UnicodeDecodeError):
-                raise CpioError(f"{self.where}: header fields at offset {base + i} are not hexadecimal") from None
-            namesize, size = f[11], f[6]
-            need = HEADER_SIZE + namesize + (-(HEADER_SIZE + namesize) % 4)
-            if namesize == 0:
-                raise CpioError(f"{self.where}: empty name at offset {base + i}")
-            if n - i < need:
-                self._pending = bytes(data[i:])
-                return
-            raw = bytes(data[i + HEADER_SIZE:i + HEADER_SIZE + namesize])
-            if raw[-1:] != b"\0":
-                raise CpioError(f"{self.where}: name at offset {base + i} is not NUL-terminated")
-            name = raw[:-1].decode("utf-8", "surrogateescape")
-            (ino, mode, uid, gid, nlink, mtime, _, devmajor, devminor, rdevmajor, rdevminor) = f[:11]
-            member = Member(name, ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor,
-                            rdevmajor, rdevminor, base + i, base + i + need)
-            i += need
-            self._in_archive = True
-            self._skip = size + (-size % 4)
-            if name == TRAILER:
-                self._in_archive = False
-                self._archives += 1
-                continue
-            if stat.S_ISLNK(member.mode):
-                self._link, self._link_member = bytearray(), member
-                if not self._skip:
-                    self._finish_link()
+                self._data -= take
+                if not self._data:
+                    self._end_member()
+            elif self._pad:
+                take = min(self._pad, n - i)
+                i += take
+                self._pad -= take
+            elif self._head:
+                # Complete a split header: its fixed part first, then its name.
+                want = (HEADER_SIZE if len(self._head) < HEADER_SIZE
+                        else self._length(self._fields(self._head, self._head_at), self._head_at))
+                take = min(want - len(self._head), n - i)
+                self._head.extend(view[i:i + take])
+                i += take
+                if len(self._head) == want > HEADER_SIZE:
+                    head, self._head = bytes(self._head), bytearray()
+                    self._start_member(head, self._head_at)
+            elif not self._in_archive and not view[i]:
+                i = _past_nuls(view, i)
+            elif n - i >= HEADER_SIZE and n - i >= (
+                    length := self._length(self._fields(view[i:i + HEADER_SIZE], base + i), base + i)):
+                self._start_member(view[i:i + length], base + i)
+                i += length
             else:
-                self.members.append(member)
+                self._head, self._head_at = bytearray(view[i:]), base + i
+                i = n
 
-    def _finish_link(self) -> None:
-        if self._link_member is not None and self._link is not None:
-            m = self._link_member
-            target = bytes(self._link[:m.size]).decode("utf-8", "surrogateescape")
-            self.members.append(replace(m, link=target))
-        self._link, self._link_member = None, None
+    def _fields(self, head: bytes | bytearray | memoryview, at: int) -> tuple[int, ...]:
+        magic = bytes(head[:6])
+        if magic not in (MAGIC, MAGIC_CRC):
+            what = "junk after the cpio trailer" if self._archives and not self._in_archive else f"bad cpio magic {magic!r}"
+            raise CpioError(f"{self.where}: {what} at offset {at}")
+        try:
+            return _FIELDS.unpack(bytes.fromhex(bytes(head[6:HEADER_SIZE]).decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            raise CpioError(f"{self.where}: header fields at offset {at} are not hexadecimal") from None
+
+    def _length(self, fields: tuple[int, ...], at: int) -> int:
+        """Header, name and the name's padding."""
+        namesize = fields[11]
+        if namesize == 0:
+            raise CpioError(f"{self.where}: empty name at offset {at}")
+        return HEADER_SIZE + namesize + (-(HEADER_SIZE + namesize) % 4)
+
+    def _start_member(self, head: bytes | memoryview, at: int) -> None:
+        fields = self._fields(head, at)
+        (ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor, rdevmajor, rdevminor,
+         namesize, _check) = fields
+        raw = bytes(head[HEADER_SIZE:HEADER_SIZE + namesize])
+        if raw[-1:] != b"\0":
+            raise CpioError(f"{self.where}: name at offset {at} is not NUL-terminated")
+        name = raw[:-1].decode("utf-8", "surrogateescape")
+        member = Member(name, ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor,
+                        rdevmajor, rdevminor, at, at + len(head))
+        self._in_archive = True
+        self._data, self._pad = size, -size % 4
+        if name == TRAILER:
+            self._in_archive = False
+            self._archives += 1
+        elif stat.S_ISLNK(mode):
+            self._link = (member, bytearray())
+        else:
+            self._emit(member)
+        if not size:
+            self._end_member()
+
+    def _emit(self, member: Member) -> None:
+        self.members.append(member)
+        if self.on_member is not None:
+            self._sink = self.on_member(member)
+
+    def _end_member(self) -> None:
+        if self._link is not None:
+            member, target = self._link
+            self._link = None
+            self._emit(replace(member, link=bytes(target).decode("utf-8", "surrogateescape")))
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            sink.close()
 
     def close(self) -> None:
         """The stream has ended: anything but a finished archive is an error."""
-        if self._in_archive or self._skip or self._pending.strip(b"\0"):
+        if self._in_archive or self._data or self._pad or self._head:
             raise CpioError(f"{self.where}: truncated archive (the stream ends inside a member or before TRAILER!!!)")
         if not self._archives:
             raise CpioError(f"{self.where}: no cpio archive in the stream")
+
+
+def _past_nuls(view: memoryview, i: int) -> int:
+    """The offset of the first non-NUL byte at or after i (or the end)."""
+    while i < len(view):
+        chunk = bytes(view[i:i + 65536])
+        rest = chunk.lstrip(b"\0")
+        if rest:
+            return i + len(chunk) - len(rest)
+        i += len(chunk)
+    return i
