@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import Result, check_host
+from common import Result, check_host, compile_bytecode
 
 from bootlab.kernel.find import newest
 
@@ -217,6 +217,7 @@ def main() -> int:
     if not kernel.is_file():
         parser.error(f"no such kernel: {kernel}")
     check_host(HOST_PROGRAMS)
+    compile_bytecode()
     peer_bin = ensure_peer_venv()
     load = os.getloadavg()[0]
     print(f"kernel {kernel}, accel tcg, {os.cpu_count()} cpus, load average {load:.2f}"

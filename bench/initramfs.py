@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import Result, check_host
+from common import Result, check_host, compile_bytecode
 
 from bootlab.kernel.find import newest
 
@@ -203,6 +203,7 @@ def main() -> int:
     if args.n < 1:
         parser.error("-n must be at least 1")
     check_host(HOST_PROGRAMS)
+    compile_bytecode()
     img = args.initrd or newest("initrd.img-*")
     if img is None or not img.is_file():
         parser.error("no initrd: pass --initrd IMG (apt-get install linux-image-amd64)")

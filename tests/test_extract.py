@@ -5,16 +5,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bootlab.errors import BadInput
 from bootlab.image import cpio
 from bootlab.image.entry import Entry, Kind, file, symlink
 from bootlab.image.extract import MANIFEST, extract, safe_name
-from bootlab.image.initramfs import read_segments
 
 
 def raw_archive(names_and_data: list[tuple[str, int, bytes]]) -> bytes:
@@ -45,7 +46,7 @@ def test_hostile_archive_stays_inside(tmp_path: Path) -> None:
         ("link/pwned", 0o100644, b"no"),            # ... and a file written through it
         ("ok/file", 0o100644, b"yes"),
     ])
-    report = extract(read_segments(data), dest)
+    report = extract(data, dest)
     assert list(outside.iterdir()) == []
     assert not (tmp_path / "escape").exists()
     assert (dest / "abs").read_bytes() == b"abs is fine, inside"
@@ -61,13 +62,13 @@ def test_modes_links_and_patterns(tmp_path: Path) -> None:
                file("x", b"1"), Entry("y", Kind.FILE, hardlink_of="x")]
     buf = io.BytesIO()
     cpio.write(buf, entries)
-    segs = read_segments(buf.getvalue())
-    extract(segs, tmp_path / "all")
+    image = buf.getvalue()
+    extract(image, tmp_path / "all")
     assert (tmp_path / "all/ro/f").read_bytes() == b"data"
     assert oct((tmp_path / "all/ro").stat().st_mode & 0o777) == oct(0o555)
     assert (tmp_path / "all/x").stat().st_ino == (tmp_path / "all/y").stat().st_ino
     assert (tmp_path / "all/y").read_bytes() == b"1"
-    extract(segs, tmp_path / "some", ["ro/*"])
+    extract(image, tmp_path / "some", ["ro/*"])
     assert sorted(p.name for p in (tmp_path / "some").rglob("*")) == ["f", "ro"]
 
 
@@ -104,3 +105,98 @@ def test_without_root_nodes_and_owners_go_to_the_manifest() -> None:
         import shutil
 
         shutil.rmtree(work)
+
+
+def _image(*segments: tuple[str, list[Entry]]) -> bytes:
+    from bootlab.image import compress
+
+    out = b""
+    for algorithm, entries in segments:
+        buf = io.BytesIO()
+        cpio.write(buf, entries)
+        out += buf.getvalue() if algorithm == "none" else compress.compress(algorithm, buf.getvalue())
+    return out
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
+    """Everything extract decides about each path: mode and contents (or link target)."""
+    out: dict[str, tuple[int, bytes | str | None]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        data = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+        out[str(p.relative_to(root))] = (st.st_mode, data)
+    return out
+
+
+BIG_FILE = random.Random(5).randbytes(3 << 20)  # incompressible: several pieces in and out
+ENTRIES = [Entry("d", Kind.DIR, 0o750), file("d/big", BIG_FILE, 0o640), file("d/small", b"s"),
+           symlink("d/l", "big"), file("x", b"1"), Entry("y", Kind.FILE, hardlink_of="x"),
+           file("empty", b"")]
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "gzip", "xz", "lz4"])
+def test_compressed_segments_extract_like_plain_ones(tmp_path: Path, algorithm: str) -> None:
+    extract(_image(("none", ENTRIES)), tmp_path / "plain")
+    extract(_image((algorithm, ENTRIES)), tmp_path / algorithm)
+    assert _tree(tmp_path / algorithm) == _tree(tmp_path / "plain")
+    assert (tmp_path / algorithm / "d/big").read_bytes() == BIG_FILE
+    assert (tmp_path / algorithm / "x").stat().st_ino == (tmp_path / algorithm / "y").stat().st_ino
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip"])
+@pytest.mark.parametrize("state", ["absent", "absent-parents", "empty", "full"])
+def test_a_bad_image_leaves_the_destination_as_it_was(tmp_path: Path, state: str, damage: str) -> None:
+    """The first segment is written, and some of the second, before the second turns out to be
+    cut short or corrupt (its checksum is checked at its end)."""
+    import threading
+
+    early = _image(("none", [file("early", b"e")]))
+    good = early + _image(("zstd", ENTRIES))
+    if damage == "cut":
+        bad = good[:-100]
+    else:
+        at = (len(early) + len(good)) // 2  # in the middle of the big file
+        bad = good[:at] + bytes([good[at] ^ 0x10]) + good[at + 1:]
+    dest = tmp_path / ("a/b/dest" if state == "absent-parents" else "dest")
+    if state in ("empty", "full"):
+        dest.mkdir()
+    if state == "full":
+        (dest / "mine").write_bytes(b"keep")
+    threads = threading.active_count()
+    with pytest.raises(BadInput, match="truncated" if damage == "cut" else "corrupt"):
+        extract(bad, dest)
+    assert threading.active_count() == threads  # the decoder thread is gone too
+    if state == "absent-parents":
+        assert list(tmp_path.iterdir()) == []
+    elif state == "absent":
+        assert not dest.exists()
+    else:
+        assert sorted(p.name for p in dest.iterdir()) == (["mine"] if state == "full" else [])
+    extract(good, dest)
+    assert (dest / "early").read_bytes() == b"e" and (dest / "d/big").read_bytes() == BIG_FILE
+
+
+def test_a_failing_write_stops_the_decoder_thread(tmp_path: Path) -> None:
+    import threading
+
+    from bootlab.image.initramfs import read_segments
+
+    image = _image(("zstd", ENTRIES))
+    threads = threading.active_count()
+
+    class Full:
+        def write(self, piece: memoryview) -> None:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(OSError, match="No space"):
+        read_segments(image, keep_data=False, visit=lambda seg, m: Full() if m.size else None)
+    assert threading.active_count() == threads
+
+
+def test_one_segment_out_of_range_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="segments 0 to 1"):
+        extract(_image(("none", [file("a", b"a")]), ("gzip", [file("b", b"b")])), tmp_path / "d", segment=2)
+    assert not (tmp_path / "d").exists()

@@ -67,6 +67,16 @@ def test_ls_long_and_json(multi_segment: Path) -> None:
     assert [e["name"] for e in entries][-1] == "etc/late" and entries[-1]["segment"] == 2
 
 
+def test_a_pipe_is_read_like_a_file(multi_segment: Path, tmp_path: Path) -> None:
+    """`<(zcat ...)` or /dev/stdin cannot be mapped; it is read whole instead."""
+    data = multi_segment.read_bytes()
+    assert (bootlab_cli("initramfs", "ls", "/dev/stdin", input=data).stdout
+            == bootlab_cli("initramfs", "ls", str(multi_segment)).stdout != b"")
+    r = bootlab_cli("initramfs", "extract", "/dev/stdin", "-C", str(tmp_path / "x"), input=data)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "x/etc/late").read_bytes() == b"last"
+
+
 def test_extract_one_segment_or_all(multi_segment: Path, tmp_path: Path) -> None:
     r = bootlab_cli("initramfs", "extract", str(multi_segment), "-C", str(tmp_path / "all"))
     assert r.returncode == 0, r.stderr

@@ -67,13 +67,33 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = {  # name: the line `bootlab --help` shows for it
+    "run": "boot a kernel and run a command in it",
+    "initramfs": "list, examine and extract any initramfs",
+    "rootfs": "build root filesystem images, without root",
+    "kernel": "get kernels to boot",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or, given `command`, one where only that command has its
+    arguments: `initramfs ls` should not spend milliseconds describing `run`'s twenty options."""
     p = _Parser(prog="bootlab", description="Boot and debug Linux kernels in QEMU: one line, rootless, fast.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="examples:\n  bootlab run -- uname -a\n\nrun `bootlab run --help` for more.")
     p.add_argument("--version", action="version", version=f"bootlab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    run = sub.add_parser("run", help="boot a kernel and run a command in it",
+    adders = {"run": _add_run, "initramfs": _add_initramfs, "rootfs": _add_rootfs, "kernel": _add_kernel}
+    for name, add in adders.items():
+        if command in (None, name):
+            add(sub)
+        else:
+            sub.add_parser(name, help=COMMANDS[name])
+    return p
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help=COMMANDS["run"],
                          description="Boot a kernel with a minimal busybox guest and run CMD in it; "
                                      "its stdout, stderr and exit status come back as if it ran here.",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES)
@@ -121,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
                      help="the command to run; none: an interactive shell on the console")
-    _add_initramfs(sub)
-    rfs = sub.add_parser("rootfs", help="build root filesystem images, without root",
+
+
+def _add_rootfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    rfs = sub.add_parser("rootfs", help=COMMANDS["rootfs"],
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog="examples:\n  bootlab rootfs build mytree/ -o root.img\n"
                                 "  bootlab rootfs build spec.toml -o root.img --size 256M\n"
@@ -146,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--include", default="", metavar="PKG,...", help="more packages, comma-separated")
     rd.add_argument("--size", default="auto", metavar="SIZE", help="e.g. 2G, or auto (default)")
     rd.add_argument("--arch", default=None, metavar="ARCH", help="x86_64 or aarch64 (default: the host's)")
-    kern = sub.add_parser("kernel", help="get kernels to boot", formatter_class=argparse.RawDescriptionHelpFormatter,
+
+
+def _add_kernel(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    kern = sub.add_parser("kernel", help=COMMANDS["kernel"], formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="examples:\n  bootlab kernel fetch --arch aarch64\n"
                                  "  bootlab kernel fetch linux-image-6.1.0-56-amd64\n")
     ksub = kern.add_subparsers(dest="kernel_command", metavar="ACTION", parser_class=_Parser)
@@ -155,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--arch", default=None, metavar="ARCH", help="x86_64 or aarch64 (default: the host's)")
     fetch.add_argument("package", nargs="?", metavar="PACKAGE",
                        help="a linux-image package (default: linux-image-<debian arch>, the newest)")
-    return p
 
 
 INITRAMFS_EXAMPLES = """\
@@ -177,7 +201,7 @@ def _action(sub: argparse._SubParsersAction, name: str, help: str, examples: lis
 
 
 def _add_initramfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    ini = sub.add_parser("initramfs", help="list, examine and extract any initramfs",
+    ini = sub.add_parser("initramfs", help=COMMANDS["initramfs"],
                          description="Read initramfs images the way the kernel does: every segment "
                                      "(early microcode, several compressed archives), without root.",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=INITRAMFS_EXAMPLES)
@@ -212,8 +236,6 @@ def _add_initramfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def cmd_initramfs(args: argparse.Namespace) -> int:
-    import json
-
     from bootlab.image import initramfs, listing
 
     action = args.initramfs_command
@@ -225,10 +247,25 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
         out = build.build(spec.load(args.spec), args.output, algorithm=args.compress, early=args.early)
         _err(f"wrote {out} ({out.stat().st_size} bytes)")
         return 0
-    segments = initramfs.load(args.file, keep_data=action == "extract")
+    if action == "extract":
+        from bootlab.image.extract import MANIFEST, extract
+
+        if args.directory.exists() and not args.directory.is_dir():
+            raise BadInput(f"-C {args.directory}: not a directory")
+        report = extract(initramfs.map_image(args.file), args.directory, args.patterns, args.segment)
+        if report.not_applied:
+            _err(f"{len(report.not_applied)} entries could not be fully created without root (device nodes, "
+                 f"owners); recorded in {args.directory / MANIFEST}")
+        if report.skipped:
+            _err(f"{len(report.skipped)} unsafe entries skipped (names escaping {args.directory} or "
+                 f"writing through symlinks); recorded in {args.directory / MANIFEST}")
+        return 0
+    segments = initramfs.load(args.file)
     out = sys.stdout
     if action == "ls":
         if args.json:
+            import json
+
             json.dump([listing.member_json(s, m) for s in segments for m in s.members], out, indent=1)
             out.write("\n")
         else:
@@ -239,6 +276,8 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     if action == "examine":
         rows = [listing.segment_row(s) for s in segments]
         if args.json:
+            import json
+
             json.dump(rows, out, indent=1)
             out.write("\n")
             return 0
@@ -249,23 +288,7 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
         for row in table:
             out.write("  ".join(c.rjust(w) if i != 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip() + "\n")
         return 0
-    # extract
-    from bootlab.image.extract import MANIFEST, extract
-
-    if args.segment is not None:
-        if not 0 <= args.segment < len(segments):
-            raise BadInput(f"--segment {args.segment}: the image has segments 0 to {len(segments) - 1}")
-        segments = [segments[args.segment]]
-    if args.directory.exists() and not args.directory.is_dir():
-        raise BadInput(f"-C {args.directory}: not a directory")
-    report = extract(segments, args.directory, args.patterns)
-    if report.not_applied:
-        _err(f"{len(report.not_applied)} entries could not be fully created without root (device nodes, "
-             f"owners); recorded in {args.directory / MANIFEST}")
-    if report.skipped:
-        _err(f"{len(report.skipped)} unsafe entries skipped (names escaping {args.directory} or "
-             f"writing through symlinks); recorded in {args.directory / MANIFEST}")
-    return 0
+    raise AssertionError(f"unknown initramfs action {action!r}")
 
 
 def cmd_rootfs(args: argparse.Namespace) -> int:
@@ -447,7 +470,9 @@ def _interactive(vm: VM, timeout: float) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option values
+    parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -25,8 +25,7 @@ import bz2
 import lzma
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import zstandard
@@ -53,6 +52,8 @@ class CorruptData(ValueError):
 
 Buffer = bytes | bytearray | memoryview
 Sink = Callable[[memoryview], None]
+Buffers = Callable[[], bytearray]  # where the next piece is decoded (zstd); see decompress_chunks
+PIECE = 1 << 20  # a piece of output: large enough to amortise a call, small enough for L2
 
 # liblzma would otherwise allocate whatever dictionary a (possibly corrupt) header asks for.
 _LZMA_MEMLIMIT = 1 << 30
@@ -142,7 +143,6 @@ def _zstd_compress(data: bytes) -> bytes:
 # --- zstd: zstandard decodes; we find where the frame ends -----------------------------------
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_ZSTD_PIECE = 1 << 20  # output per read: large enough to amortise the call, small enough for L2
 
 
 def zstd_frame_length(view: memoryview) -> int:
@@ -184,16 +184,14 @@ def _zstd_decompress(view: memoryview) -> tuple[bytes, int]:
     return _decode_one("zstd", zstandard.ZstdDecompressor().decompressobj(), view)
 
 
-def _zstd_chunks(view: memoryview, sink: Sink) -> int:
+def _zstd_chunks(view: memoryview, sink: Sink, buffers: Buffers) -> int:
     import zstandard
 
     end = zstd_frame_length(view)
     reader = zstandard.ZstdDecompressor().stream_reader(view[:end], read_across_frames=False)
-    buf = bytearray(_ZSTD_PIECE)
-    out = memoryview(buf)
     try:
-        while got := reader.readinto(buf):
-            sink(out[:got])
+        while got := reader.readinto(buf := buffers()):
+            sink(memoryview(buf)[:got])
     except zstandard.ZstdError as e:
         raise CorruptData(f"corrupt zstd stream: {_reason(e)}") from None
     return end
@@ -355,8 +353,7 @@ def _lzo_decompress(view: memoryview) -> tuple[bytes, int]:
 # --- the table ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Codec:
+class Codec(NamedTuple):
     """One algorithm: the bytes that identify it, and how to write and read one stream."""
 
     name: str
@@ -366,14 +363,14 @@ class Codec:
     decompress: Callable[[memoryview], tuple[bytes, int]]
     # the same, handing the output to a sink piece by piece -> bytes consumed; None where we
     # decode whole streams ourselves (lzo, lz4: their blocks are small anyway)
-    chunks: Callable[[memoryview, Sink], int] | None = None
+    chunks: Callable[[memoryview, Sink, Buffers], int] | None = None
 
 
 def _library(name: str, decoder: Callable[[], _Decoder]) -> tuple[
-        Callable[[memoryview], tuple[bytes, int]], Callable[[memoryview, Sink], int]]:
+        Callable[[memoryview], tuple[bytes, int]], Callable[[memoryview, Sink, Buffers], int]]:
     """(decompress, chunks) for a library decoder that finds the end of its stream itself."""
     return (lambda v: _decode_one(name, decoder(), v),
-            lambda v, sink: _decode_chunks(name, decoder(), v, sink))
+            lambda v, sink, _buffers: _decode_chunks(name, decoder(), v, sink))
 
 
 def _xz_decoder(fmt: int) -> Callable[[], _Decoder]:
@@ -430,12 +427,14 @@ def decompress_stream(algorithm: str, buf: Buffer, offset: int = 0) -> tuple[byt
     return data, offset + used
 
 
-def decompress_chunks(algorithm: str, buf: Buffer, offset: int, sink: Sink) -> int:
+def decompress_chunks(algorithm: str, buf: Buffer, offset: int, sink: Sink,
+                      buffers: Buffers | None = None) -> int:
     """Decompress the ONE stream at buf[offset:], handing the output to `sink` piece by piece;
     return the offset just past the stream. Same errors as decompress_stream.
 
-    A piece may be a view of a buffer that is reused for the next one: the sink must copy
-    what it keeps."""
+    zstd decodes each piece into a buffer from `buffers()`; by default one buffer, reused, so
+    the sink must copy what it keeps. A reader on another thread passes buffers from a pool and
+    takes them back once consumed (see readahead)."""
     codec = _codec(algorithm)
     if codec.chunks is None:
         data, end = decompress_stream(algorithm, buf, offset)
@@ -444,4 +443,7 @@ def decompress_chunks(algorithm: str, buf: Buffer, offset: int, sink: Sink) -> i
     view = memoryview(buf).cast("B")
     if view[offset:offset + len(codec.magic)] != codec.magic:
         raise CorruptData(f"no {algorithm} stream at offset {offset}")
-    return offset + codec.chunks(view[offset:], sink)
+    if buffers is None:
+        one = bytearray(PIECE)
+        buffers = lambda: one  # noqa: E731
+    return offset + codec.chunks(view[offset:], sink, buffers)

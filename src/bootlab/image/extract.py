@@ -12,13 +12,16 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import Callable
 
-from bootlab.image.cpio import Member
+from bootlab.errors import BadInput
+from bootlab.image.cpio import DataSink, Member
 from bootlab.image.entry import Kind
-from bootlab.image.initramfs import Segment, member_data
+from bootlab.image.initramfs import read_segments
 
 MANIFEST = ".bootlab-manifest.json"
 
@@ -32,7 +35,7 @@ class Report:
 
 def safe_name(name: str) -> str | None:
     """The archive name as a relative path inside the destination, or None if it would escape."""
-    parts = [p for p in PurePosixPath(name).parts if p not in ("/", ".")]
+    parts = [p for p in name.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         return None
     return "/".join(parts)
@@ -49,7 +52,7 @@ class _Dirs:
     Remembering them keeps the symlink check to one lstat per new directory instead of a walk
     per entry; an entry that replaces a known directory by something else forgets it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: str) -> None:
         self.root = root
         self.known: set[str] = {""}
 
@@ -63,7 +66,7 @@ class _Dirs:
             sub = "/".join(parts[: i + 1])
             if sub in self.known:
                 continue
-            path = self.root / sub
+            path = f"{self.root}/{sub}"
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
@@ -79,7 +82,7 @@ class _Dirs:
             self.known = {k for k in self.known if k != rel and not k.startswith(rel + "/")}
 
 
-def _clear(path: Path) -> None:
+def _clear(path: str) -> None:
     """Make room for a new entry; a directory stays (the kernel merges directories too)."""
     try:
         st = os.lstat(path)
@@ -89,87 +92,169 @@ def _clear(path: Path) -> None:
         os.unlink(path)
 
 
-def extract(segments: list[Segment], dest: Path, patterns: list[str] | None = None) -> Report:
-    """Write the members of `segments` (in order, later ones win, like the kernel) under dest."""
-    patterns = patterns or []
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    report = Report()
-    am_root = os.geteuid() == 0
-    dir_modes: list[tuple[Path, int, int]] = []
-    dirs = _Dirs(root)
-    links: dict[tuple[int, int, int, int], Path] = {}  # hardlink groups by (segment, dev, ino)
+class _FileData:
+    """A regular file being written as its data streams out of the decompressor."""
 
-    for seg in segments:
-        for m in seg.members:
-            rel = safe_name(m.name)
-            if rel is None and m.name.strip("./") == "":
-                continue  # "." is the destination itself: its mode stays the user's
-            if rel is None:
-                report.skipped.append({"name": m.name, "segment": seg.index, "why": "escapes the destination"})
-                continue
-            if not _matches(rel, patterns):
-                continue
-            if not dirs.ensure_parent(rel):
-                report.skipped.append({"name": m.name, "segment": seg.index, "why": "would be written through a symlink"})
-                continue
-            target = root / rel
-            kind = m.kind
-            if kind is not Kind.DIR:
-                dirs.forget(rel)
-            if kind is Kind.DIR:
-                _clear(target)
-                try:
-                    os.mkdir(target, 0o755)
-                except FileExistsError:
-                    pass
-                dirs.known.add(rel)
-                dir_modes.append((target, m.perm, m.mtime))
-            elif kind is Kind.FILE:
-                key = (seg.index, m.devmajor, m.devminor, m.ino)
-                first = links.get(key) if m.nlink > 1 else None
-                _clear(target)
-                if first is not None and first.exists():
-                    os.link(first, target)
-                    if m.size:  # data on the last link (GNU cpio) reaches every name
-                        target.write_bytes(member_data(seg, m))
-                else:
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(member_data(seg, m))
-                    if m.nlink > 1:
-                        links[key] = target
-                os.chmod(target, m.perm)
-                os.utime(target, (m.mtime, m.mtime))
-            elif kind is Kind.SYMLINK:
-                _clear(target)
-                os.symlink(member_data(seg, m).decode("utf-8", "surrogateescape"), target)
-                os.utime(target, (m.mtime, m.mtime), follow_symlinks=False)
-            elif kind in (Kind.CHAR, Kind.BLOCK, Kind.FIFO, Kind.SOCKET):
-                _clear(target)
-                try:
-                    os.mknod(target, m.mode, os.makedev(m.rdevmajor, m.rdevminor))
-                    os.utime(target, (m.mtime, m.mtime))
-                except PermissionError:
-                    report.not_applied.append(_record(m, rel, "device node needs root"))
-                    continue
+    def __init__(self, path: str, member: Member, *, create: bool) -> None:
+        flags = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+        self.fd = os.open(path, flags, 0o600)
+        self.member = member
+
+    def write(self, piece: memoryview) -> None:
+        while piece:
+            piece = piece[os.write(self.fd, piece):]
+
+    def close(self) -> None:
+        try:
+            os.chmod(self.fd, self.member.perm)
+            os.utime(self.fd, (self.member.mtime, self.member.mtime))
+        finally:
+            os.close(self.fd)
+
+
+class _Writer:
+    """Creates each member under the root as the reader announces it (see `extract`)."""
+
+    def __init__(self, root: str, patterns: list[str]) -> None:
+        self.root = root  # a string: pathlib costs more than the writing in a 1,400-file extract
+        self.patterns = patterns
+        self.report = Report()
+        self.am_root = os.geteuid() == 0
+        self.dir_modes: list[tuple[str, int, int]] = []
+        self.dirs = _Dirs(root)
+        self.links: dict[tuple[int, int, int, int], str] = {}  # hardlink groups by (segment, dev, ino)
+
+    def member(self, segment: int, m: Member) -> DataSink | None:
+        """Create m; for a regular file with data, return where its data is to be written."""
+        rel = safe_name(m.name)
+        if rel is None and m.name.strip("./") == "":
+            return None  # "." is the destination itself: its mode stays the user's
+        if rel is None:
+            self.report.skipped.append({"name": m.name, "segment": segment, "why": "escapes the destination"})
+            return None
+        if not _matches(rel, self.patterns):
+            return None
+        if not self.dirs.ensure_parent(rel):
+            self.report.skipped.append({"name": m.name, "segment": segment,
+                                        "why": "would be written through a symlink"})
+            return None
+        target = f"{self.root}/{rel}"
+        kind = m.kind
+        sink: DataSink | None = None
+        if kind is not Kind.DIR:
+            self.dirs.forget(rel)
+        if kind is Kind.DIR:
+            _clear(target)
+            try:
+                os.mkdir(target, 0o755)
+            except FileExistsError:
+                pass
+            self.dirs.known.add(rel)
+            self.dir_modes.append((target, m.perm, m.mtime))
+        elif kind is Kind.FILE:
+            key = (segment, m.devmajor, m.devminor, m.ino)
+            first = self.links.get(key) if m.nlink > 1 else None
+            _clear(target)
+            if first is not None and os.path.exists(first):
+                os.link(first, target)
+                # Data on the last link (GNU cpio) reaches every name; no data leaves the inode as it is.
+                sink = _FileData(target, m, create=False) if m.size else None
             else:
-                report.skipped.append({"name": m.name, "segment": seg.index, "why": f"unknown file type {m.mode:o}"})
-                continue
-            report.written += 1
-            if m.uid or m.gid:
-                if am_root:
-                    os.chown(target, m.uid, m.gid, follow_symlinks=False)
-                else:
-                    report.not_applied.append(_record(m, rel, "ownership needs root"))
-    if report.not_applied or report.skipped:
-        manifest = {"not_applied": report.not_applied, "skipped": report.skipped}
-        (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    # Directory modes last: a read-only directory must still receive its contents first.
-    for path, mode, mtime in reversed(dir_modes):
-        os.chmod(path, mode)
-        os.utime(path, (mtime, mtime))
-    return report
+                sink = _FileData(target, m, create=True)
+                if m.nlink > 1:
+                    self.links[key] = target
+            if not m.size and sink is not None:
+                sink.close()
+                sink = None
+        elif kind is Kind.SYMLINK:
+            _clear(target)
+            os.symlink(m.link or "", target)
+            os.utime(target, (m.mtime, m.mtime), follow_symlinks=False)
+        elif kind in (Kind.CHAR, Kind.BLOCK, Kind.FIFO, Kind.SOCKET):
+            _clear(target)
+            try:
+                os.mknod(target, m.mode, os.makedev(m.rdevmajor, m.rdevminor))
+                os.utime(target, (m.mtime, m.mtime))
+            except PermissionError:
+                self.report.not_applied.append(_record(m, rel, "device node needs root"))
+                return None
+        else:
+            self.report.skipped.append({"name": m.name, "segment": segment, "why": f"unknown file type {m.mode:o}"})
+            return None
+        self.report.written += 1
+        if m.uid or m.gid:
+            if self.am_root:
+                os.chown(target, m.uid, m.gid, follow_symlinks=False)
+            else:
+                self.report.not_applied.append(_record(m, rel, "ownership needs root"))
+        return sink
+
+    def finish(self) -> Report:
+        report = self.report
+        if report.not_applied or report.skipped:
+            manifest = {"not_applied": report.not_applied, "skipped": report.skipped}
+            Path(self.root, MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        # Directory modes last: a read-only directory must still receive its contents first.
+        for path, mode, mtime in reversed(self.dir_modes):
+            os.chmod(path, mode)
+            os.utime(path, (mtime, mtime))
+        return report
+
+
+def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = None,
+            segment: int | None = None) -> Report:
+    """Write the members of every segment of `image` (in order, later ones win, like the kernel),
+    or of `segment` only, under dest, writing each file as it is decompressed.
+
+    A bad image (BadInput) leaves dest as it was: if dest did not exist or was empty, what was
+    written is removed again; if it held files, the image is first read through once without
+    writing anything."""
+    created = _first_missing(dest)
+    undo: Callable[[], None]
+    if created is not None:
+        undo = lambda: shutil.rmtree(created, ignore_errors=True)  # noqa: E731
+    elif _is_empty(dest):
+        undo = lambda: _empty(dest)  # noqa: E731
+    else:
+        read_segments(image, keep_data=False)  # raises BadInput before anything is written
+        undo = lambda: None  # noqa: E731
+    dest.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(str(dest.resolve()), patterns or [])
+
+    def visit(index: int, m: Member) -> DataSink | None:
+        return writer.member(index, m) if segment in (None, index) else None
+
+    try:
+        segments = read_segments(image, keep_data=False, visit=visit)
+        if segment is not None and not 0 <= segment < len(segments):
+            raise BadInput(f"--segment {segment}: the image has segments 0 to {len(segments) - 1}")
+        return writer.finish()
+    except BaseException:
+        undo()
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory `path.mkdir(parents=True)` would create, or None if path exists."""
+    missing = None
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return missing
+        missing = p
+    return missing
+
+
+def _is_empty(directory: Path) -> bool:
+    with os.scandir(directory) as children:
+        return not any(children)
+
+
+def _empty(directory: Path) -> None:
+    for child in os.scandir(directory):
+        if child.is_dir(follow_symlinks=False):
+            shutil.rmtree(child.path, ignore_errors=True)
+        else:
+            os.unlink(child.path)
 
 
 def _record(m: Member, rel: str, why: str) -> dict[str, object]:

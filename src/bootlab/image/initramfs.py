@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass, field
+import stat
+from functools import partial
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from bootlab.errors import BadInput
-from bootlab.image import compress
-from bootlab.image.cpio import MAGIC, MAGIC_CRC, CpioError, Member, StreamParser, read_archive
+from bootlab.image import compress, readahead
+from bootlab.image.cpio import MAGIC, MAGIC_CRC, CpioError, DataSink, Member, StreamParser, read_archive
 
 
-@dataclass
-class Segment:
+class Segment(NamedTuple):
     index: int
     offset: int  # where it starts in the file
     end: int  # where it ends in the file
     compression: str | None
     size: int  # uncompressed
-    members: list[Member] = field(default_factory=list)
+    members: list[Member]
     data: bytes | memoryview | None = None  # the uncompressed archive, when kept; members point into it
 
     @property
@@ -59,11 +60,17 @@ def _archives(data: bytes | memoryview, where: str) -> list[Member]:
         members.extend(got)
 
 
-def read_segments(data: bytes, *, keep_data: bool = True) -> list[Segment]:
+Visitor = Callable[[int, Member], DataSink | None]
+
+
+def read_segments(data: bytes | memoryview, *, keep_data: bool = True,
+                  visit: Visitor | None = None) -> list[Segment]:
     """Every segment of an initramfs image. Raises BadInput with one line on malformed input.
 
     keep_data=False is for listing: compressed segments are decompressed in pieces and only
-    their headers (and symlink targets) are kept, so a 130 MB initrd is not held in memory."""
+    their headers (and symlink targets) are kept, so a 130 MB initrd is not held in memory.
+    `visit(segment index, member)` sees each member as it is read; the sink it returns, if any,
+    receives the member's data (extraction writes files while decompressing)."""
     view = memoryview(data)
     segments: list[Segment] = []
     pos = _skip_padding(view, 0)
@@ -75,6 +82,8 @@ def read_segments(data: bytes, *, keep_data: bool = True) -> list[Segment]:
         try:
             if head in (MAGIC, MAGIC_CRC):
                 members, end = read_archive(view, pos)
+                if visit is not None:
+                    _visit_all(visit, idx, view, members)
                 # Further archives may follow directly; each is its own segment.
                 segments.append(Segment(idx, pos, end, None, end - pos, [_rebase(m, pos) for m in members],
                                         view[pos:end] if keep_data else None))
@@ -87,10 +96,15 @@ def read_segments(data: bytes, *, keep_data: bool = True) -> list[Segment]:
                 where = f"segment {idx} ({algorithm})"
                 if keep_data:
                     plain, end = compress.decompress_stream(algorithm, view, pos)
-                    segments.append(Segment(idx, pos, end, algorithm, len(plain), _archives(plain, where), plain))
+                    members = _archives(plain, where)
+                    if visit is not None:
+                        _visit_all(visit, idx, memoryview(plain), members)
+                    segments.append(Segment(idx, pos, end, algorithm, len(plain), members, plain))
                 else:
-                    parser = StreamParser(where)
-                    end = compress.decompress_chunks(algorithm, view, pos, parser.feed)
+                    parser = StreamParser(where, None if visit is None else partial(visit, idx))
+                    # A visitor writes files: decoding beside it on another core pays off then.
+                    decode = compress.decompress_chunks if visit is None else readahead.decompress_chunks
+                    end = decode(algorithm, view, pos, parser.feed)
                     parser.close()
                     segments.append(Segment(idx, pos, end, algorithm, parser.size, parser.members))
         except compress.CorruptData as e:
@@ -101,34 +115,41 @@ def read_segments(data: bytes, *, keep_data: bool = True) -> list[Segment]:
     return segments
 
 
+def _visit_all(visit: Visitor, idx: int, view: memoryview, members: list[Member]) -> None:
+    """Members parsed from a whole buffer, shown to `visit` as the stream parser would."""
+    for m in members:
+        sink = visit(idx, m)
+        if sink is not None:
+            if m.size:
+                sink.write(view[m.data_offset:m.data_offset + m.size])
+            sink.close()
+
+
 def _rebase(m: Member, base: int) -> Member:
     """Members of an uncompressed segment were parsed in file coordinates; make them segment-relative."""
-    from dataclasses import replace
-
-    return replace(m, offset=m.offset - base, data_offset=m.data_offset - base)
+    return m._replace(offset=m.offset - base, data_offset=m.data_offset - base)
 
 
-def load(path: Path, *, keep_data: bool = True) -> list[Segment]:
+def map_image(path: Path) -> memoryview:
+    """The file's bytes, mapped rather than read: a listing keeps only headers and extraction
+    writes each file straight from the decompressor, so neither needs the image in memory.
+    A pipe (`<(zcat ...)`) cannot be mapped and is read whole."""
     try:
-        if not keep_data:
-            # Listing: map the file instead of copying it; only headers survive the scan.
-            # Not closed explicitly: on an error, slices of it live on in the traceback; the
-            # mapping goes with its last reference (listings keep no pointer into it).
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size:
-                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                    return read_segments(memoryview(mapped), keep_data=False)  # type: ignore[arg-type]
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size:
+                # Never closed explicitly: slices of it may live on in a traceback; the mapping
+                # goes with its last reference (readers keep no pointer into it).
+                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            return memoryview(f.read())
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except IsADirectoryError:
         raise BadInput(f"{path}: is a directory") from None
     except PermissionError:
         raise BadInput(f"{path}: permission denied") from None
-    return read_segments(data, keep_data=keep_data)
 
 
-def member_data(segment: Segment, m: Member) -> bytes:
-    if segment.data is None:
-        raise ValueError("segment read without its data (keep_data=False)")
-    return bytes(segment.data[m.data_offset:m.data_offset + m.size])
+def load(path: Path) -> list[Segment]:
+    """Every segment of the image at path, for listing (headers only, see read_segments)."""
+    return read_segments(map_image(path), keep_data=False)

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from bootlab.image.cpio import Member
-from bootlab.image.entry import Kind
+from bootlab.image.kind import Kind
 from bootlab.image.initramfs import Segment
 
 
