@@ -193,14 +193,43 @@ def test_run_with_a_spec_and_added_files(tmp_path: Path) -> None:
     assert r.stdout == b"spec was here\nhello from the host\ndyn-ok\n"
 
 
+def _compressed_modules(dest: Path, names: list[str], suffix: str) -> Path:
+    """The modules `names` need, from the default kernel's tree, compressed as a distro that
+    sets CONFIG_MODULE_COMPRESS_* ships them (Debian's own are not), with a matching modules.dep."""
+    from bootlab.image.compress import compress
+    from bootlab.kernel.find import default_kernel
+    from bootlab.kernel.image import inspect
+    from bootlab.kernel.modules import ModuleIndex
+
+    src = Path(f"/lib/modules/{inspect(default_kernel()).release}")
+    rels = set(ModuleIndex.load(src).closure(names))
+    algorithm = {".xz": "xz", ".zst": "zstd", ".gz": "gzip"}[suffix]
+    for rel in rels:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / (rel + suffix)).write_bytes(compress(algorithm, (src / rel).read_bytes()))
+    dep = [line for line in (src / "modules.dep").read_text().splitlines() if line.split(":")[0] in rels]
+    (dest / "modules.dep").write_text("".join(
+        " ".join(w + suffix if w.endswith(".ko") else w.replace(".ko:", f".ko{suffix}:") for w in line.split())
+        + "\n" for line in dep))
+    for extra in ("modules.alias", "modules.softdep", "modules.builtin"):
+        if (src / extra).exists():
+            (dest / extra).write_bytes((src / extra).read_bytes())
+    return dest
+
+
 @pytest.mark.vm
-def test_spec_module_ext4_is_loaded_with_its_dependencies(tmp_path: Path) -> None:
-    """modprobe inside finds the subset's regenerated modules.dep."""
+@pytest.mark.parametrize("suffix", ["", ".xz", ".zst"], ids=["plain", "ko.xz", "ko.zst"])
+def test_spec_module_ext4_is_loaded_with_its_dependencies(tmp_path: Path, suffix: str) -> None:
+    """modprobe inside finds the subset's regenerated modules.dep, compressed modules too."""
     spec = tmp_path / "s.toml"
-    spec.write_text('busybox = true\nmodules = ["ext4"]\ninit = """#!/bin/sh\n'
+    modules_dir = f'modules_dir = "{_compressed_modules(tmp_path / "mods", ["ext4"], suffix)}"\n' if suffix else ""
+    spec.write_text('busybox = true\nmodules = ["ext4"]\n' + modules_dir + 'init = """#!/bin/sh\n'
                     'mount -t proc proc /proc\nmodprobe ext4\ncut -d" " -f1 /proc/modules\nreboot -f\n"""\n')
     img = tmp_path / "img"
-    assert bootlab_cli("initramfs", "build", str(spec), "-o", str(img)).returncode == 0, "build"
+    r = bootlab_cli("initramfs", "build", str(spec), "-o", str(img))
+    assert r.returncode == 0, r.stderr
+    names = bootlab_cli("initramfs", "ls", str(img)).stdout.decode().splitlines()
+    assert any(n.endswith("/ext4.ko") for n in names)  # stored plain: busybox modprobe reads no .zst
     r = bootlab_cli("run", "--initrd", str(img), timeout=120)
     assert r.returncode == 0, r.stderr
     loaded = set(r.stdout.decode().split())

@@ -62,14 +62,18 @@ def check_compression(algorithm: str, info: KernelInfo) -> None:
 
 
 def module_entries(names: list[str], modules_root: Path, release: str) -> list[Entry]:
-    """The modules and their dependencies, as they are, plus modules.dep and modules.alias
-    regenerated for this subset so that modprobe inside finds exactly what is there."""
+    """The modules and their dependencies, uncompressed (see guest.module_entry), plus
+    modules.dep and modules.alias regenerated for this subset so that modprobe inside finds
+    exactly what is there."""
+    from bootlab.image.guest import module_entry, plain_module_name
+
     idx = ModuleIndex.load(modules_root)
     paths = idx.closure(names)
     base = f"lib/modules/{release}"
-    out = [host_file(f"{base}/{rel}", modules_root / rel, 0o644) for rel in paths]
+    out = [module_entry(modules_root, rel, release) for rel in paths]
     chosen = set(paths)
-    dep_lines = [line for line in (modules_root / "modules.dep").read_text().splitlines()
+    dep_lines = [" ".join(plain_module_name(w.rstrip(":")) + (":" if w.endswith(":") else "") for w in line.split())
+                 for line in (modules_root / "modules.dep").read_text().splitlines()
                  if line.split(":", 1)[0].strip() in chosen]
     out.append(file(f"{base}/modules.dep", "".join(l + "\n" for l in dep_lines).encode()))
     names_in = {module_name(p) for p in paths}

@@ -37,8 +37,15 @@ class GuestSpec:
 MODULE_COMPRESSIONS = {".xz": "xz", ".gz": "gzip", ".zst": "zstd"}
 
 
-def _module_entry(root: Path, rel: str, release: str) -> Entry:
-    """Modules go in uncompressed: the agent loads them with plain finit_module."""
+def plain_module_name(rel: str) -> str:
+    """kernel/fs/ext4/ext4.ko.zst -> kernel/fs/ext4/ext4.ko"""
+    ext = next((e for e in MODULE_COMPRESSIONS if rel.endswith(".ko" + e)), "")
+    return rel[: len(rel) - len(ext)]
+
+
+def module_entry(root: Path, rel: str, release: str) -> Entry:
+    """A module, uncompressed: the agent loads modules with plain finit_module, and busybox's
+    modprobe cannot read .ko.zst (the archive is compressed as a whole anyway)."""
     src = root / rel
     dest = f"lib/modules/{release}/{rel}"
     for ext, algorithm in MODULE_COMPRESSIONS.items():
@@ -64,7 +71,7 @@ def entries(spec: GuestSpec) -> list[Entry]:
     if spec.modules_root is not None:
         release = spec.modules_root.name
         for rel in spec.module_paths:
-            e = _module_entry(spec.modules_root, rel, release)
+            e = module_entry(spec.modules_root, rel, release)
             tree.add(e)
             load_list.append(("-" if rel in spec.optional_modules else "") + "/" + e.path)
     tree.add(file("etc/bootlab/modules", "".join(p + "\n" for p in load_list).encode()))
