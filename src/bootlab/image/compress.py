@@ -25,10 +25,7 @@ import bz2
 import lzma
 import struct
 import zlib
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
-
-if TYPE_CHECKING:
-    import zstandard
+from typing import Callable, NamedTuple, Protocol
 
 # lz4, lzo and zstandard are imported where used: listing a zstd initrd should not pay for
 # loading the other libraries (startup is a third of `initramfs ls`).
@@ -445,5 +442,5 @@ def decompress_chunks(algorithm: str, buf: Buffer, offset: int, sink: Sink,
         raise CorruptData(f"no {algorithm} stream at offset {offset}")
     if buffers is None:
         one = bytearray(PIECE)
-        buffers = lambda: one  # noqa: E731
+        buffers = lambda: one
     return offset + codec.chunks(view[offset:], sink, buffers)

@@ -10,7 +10,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from bootlab.image.kind import Kind  # noqa: F401  (also imported from here; see kind.py)
+from bootlab.image.kind import Kind  # also imported from here; see kind.py
 
 
 @dataclass(frozen=True)

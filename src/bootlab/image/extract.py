@@ -212,12 +212,12 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
     created = _first_missing(dest)
     undo: Callable[[], None]
     if created is not None:
-        undo = lambda: shutil.rmtree(created, ignore_errors=True)  # noqa: E731
+        undo = lambda: shutil.rmtree(created, ignore_errors=True)
     elif _is_empty(dest):
-        undo = lambda: _empty(dest)  # noqa: E731
+        undo = lambda: _empty(dest)
     else:
         read_segments(image, keep_data=False)  # raises BadInput before anything is written
-        undo = lambda: None  # noqa: E731
+        undo = lambda: None
     dest.mkdir(parents=True, exist_ok=True)
     writer = _Writer(str(dest.resolve()), patterns or [])
 

@@ -20,7 +20,7 @@ from bootlab.image.cpio import MAGIC, MAGIC_CRC, CpioError, DataSink, Member, St
 
 
 class Segment(NamedTuple):
-    index: int
+    number: int  # 0 for the first (`index` would hide tuple.index)
     offset: int  # where it starts in the file
     end: int  # where it ends in the file
     compression: str | None

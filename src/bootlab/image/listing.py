@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from bootlab.image.cpio import Member
-from bootlab.image.kind import Kind
 from bootlab.image.initramfs import Segment
+from bootlab.image.kind import Kind
 
 
 def link_target(seg: Segment, m: Member) -> str | None:
@@ -29,7 +29,7 @@ def long_line(seg: Segment, m: Member) -> str:
 
 def member_json(seg: Segment, m: Member) -> dict[str, Any]:
     d: dict[str, Any] = {
-        "segment": seg.index, "name": m.name, "type": (m.kind.value if m.kind else "unknown"),
+        "segment": seg.number, "name": m.name, "type": (m.kind.value if m.kind else "unknown"),
         "mode": f"{m.perm:04o}", "uid": m.uid, "gid": m.gid, "nlink": m.nlink, "size": m.size,
         "mtime": m.mtime, "ino": m.ino,
     }
@@ -42,6 +42,6 @@ def member_json(seg: Segment, m: Member) -> dict[str, Any]:
 
 
 def segment_row(seg: Segment) -> dict[str, Any]:
-    return {"segment": seg.index, "offset": seg.offset, "end": seg.end,
+    return {"segment": seg.number, "offset": seg.offset, "end": seg.end,
             "compression": seg.compression or "none", "compressed_size": seg.compressed_size,
             "size": seg.size, "entries": len(seg.members)}
