@@ -14,9 +14,9 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from bootlab.errors import BadInput
 from bootlab.image.cpio import DataSink, Member

@@ -10,13 +10,22 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from bootlab.errors import BadInput
 from bootlab.image import compress, readahead
-from bootlab.image.cpio import MAGIC, MAGIC_CRC, CpioError, DataSink, Member, StreamParser, read_archive
+from bootlab.image.cpio import (
+    MAGIC,
+    MAGIC_CRC,
+    CpioError,
+    DataSink,
+    Member,
+    StreamParser,
+    read_archive,
+)
 
 
 class Segment(NamedTuple):

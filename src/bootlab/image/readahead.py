@@ -37,7 +37,7 @@ def decompress_chunks(algorithm: str, buf: compress.Buffer, offset: int, sink: c
     def work() -> None:
         try:
             ready.put(compress.decompress_chunks(algorithm, buf, offset, handoff, free.get))
-        except BaseException as e:  # handed to the reader, which raises it there
+        except BaseException as e:  # noqa: BLE001  (handed to the reader, which raises it)
             ready.put(e)
 
     worker = threading.Thread(target=work, name="bootlab-decompress", daemon=True)
