@@ -200,3 +200,28 @@ def test_one_segment_out_of_range_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="segments 0 to 1"):
         extract(_image(("none", [file("a", b"a")]), ("gzip", [file("b", b"b")])), tmp_path / "d", segment=2)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_failed_write_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """A file-size limit stands in for a full disk: the big file's write fails (EFBIG)."""
+    import resource
+    import signal
+
+    img = tmp_path / "img"
+    img.write_bytes(_image(("zstd", ENTRIES)))
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    r = subprocess.run([sys.executable, "-m", "bootlab", "initramfs", "extract", str(img),
+                        "-C", str(tmp_path / "out")], capture_output=True, text=True, preexec_fn=limit)
+    assert r.returncode == 125, r.stderr
+    assert r.stderr.count("\n") == 1 and "File too large" in r.stderr and "d/big" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_uncreatable_destination_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(BadInput, match="cannot create it"):
+        extract(_image(("none", ENTRIES)), tmp_path / "file" / "sub")

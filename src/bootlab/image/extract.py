@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bootlab.errors import BadInput
+from bootlab.errors import BadInput, BootlabError
 from bootlab.image.cpio import DataSink, Member
 from bootlab.image.entry import Kind
 from bootlab.image.initramfs import read_segments
@@ -98,11 +98,15 @@ class _FileData:
     def __init__(self, path: str, member: Member, *, create: bool) -> None:
         flags = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
         self.fd = os.open(path, flags, 0o600)
-        self.member = member
+        self.path, self.member = path, member
 
     def write(self, piece: memoryview) -> None:
-        while piece:
-            piece = piece[os.write(self.fd, piece):]
+        try:
+            while piece:
+                piece = piece[os.write(self.fd, piece):]
+        except OSError as e:  # a write on a descriptor names no file; say which
+            os.close(self.fd)  # the reader stops here and never calls close()
+            raise OSError(e.errno, e.strerror, self.path) from None
 
     def close(self) -> None:
         try:
@@ -208,7 +212,7 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
 
     A bad image (BadInput) leaves dest as it was: if dest did not exist or was empty, what was
     written is removed again; if it held files, the image is first read through once without
-    writing anything."""
+    writing anything. A failed write (a full disk) is a BootlabError, cleaned up the same way."""
     created = _first_missing(dest)
     undo: Callable[[], None]
     if created is not None:
@@ -218,7 +222,10 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
     else:
         read_segments(image, keep_data=False)  # raises BadInput before anything is written
         undo = lambda: None
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"-C {dest}: cannot create it ({e.strerror})") from None
     writer = _Writer(str(dest.resolve()), patterns or [])
 
     def visit(index: int, m: Member) -> DataSink | None:
@@ -229,6 +236,10 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
         if segment is not None and not 0 <= segment < len(segments):
             raise BadInput(f"--segment {segment}: the image has segments 0 to {len(segments) - 1}")
         return writer.finish()
+    except OSError as e:
+        undo()
+        where = f" ({e.filename})" if e.filename else ""
+        raise BootlabError(f"extracting into {dest}: {e.strerror or e}{where}") from None
     except BaseException:
         undo()
         raise
