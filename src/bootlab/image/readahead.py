@@ -26,7 +26,9 @@ def decompress_chunks(algorithm: str, buf: compress.Buffer, offset: int, sink: c
     free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
     for b in pool:
         free.put(b)
-    ready: queue.SimpleQueue[memoryview | BaseException | int] = queue.SimpleQueue()
+    # Bounded: a library decoder (gzip, xz ...) makes new pieces rather than taking pool buffers,
+    # and must not run ahead of a slow disk with the whole image in memory.
+    ready: queue.Queue[memoryview | BaseException | int] = queue.Queue(maxsize=_DEPTH)
     stop = threading.Event()
 
     def handoff(piece: memoryview) -> None:
@@ -55,4 +57,9 @@ def decompress_chunks(algorithm: str, buf: compress.Buffer, offset: int, sink: c
     finally:
         stop.set()
         free.put(bytearray(0))  # a worker waiting for a buffer wakes up, decodes nothing, stops
+        while worker.is_alive():  # one waiting to hand over a piece is let through, and stops
+            try:
+                ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
         worker.join()
