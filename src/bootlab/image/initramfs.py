@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bootlab.errors import BadInput
-from bootlab.image import compress, readahead
+from bootlab.image import compress
 from bootlab.image.cpio import (
     MAGIC,
     MAGIC_CRC,
@@ -112,7 +112,11 @@ def read_segments(data: bytes | memoryview, *, keep_data: bool = True,
                 else:
                     parser = StreamParser(where, None if visit is None else partial(visit, idx))
                     # A visitor writes files: decoding beside it on another core pays off then.
-                    decode = compress.decompress_chunks if visit is None else readahead.decompress_chunks
+                    decode = compress.decompress_chunks
+                    if visit is not None:
+                        from bootlab.image import readahead  # threads: not for a listing
+
+                        decode = readahead.decompress_chunks
                     end = decode(algorithm, view, pos, parser.feed)
                     parser.close()
                     segments.append(Segment(idx, pos, end, algorithm, parser.size, parser.members))
