@@ -250,8 +250,6 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     if action == "extract":
         from bootlab.image.extract import MANIFEST, extract
 
-        if args.directory.exists() and not args.directory.is_dir():
-            raise BadInput(f"-C {args.directory}: not a directory")
         report = extract(initramfs.map_image(args.file), args.directory, args.patterns, args.segment)
         if report.not_applied:
             _err(f"{len(report.not_applied)} entries could not be fully created without root (device nodes, "

@@ -72,7 +72,11 @@ def module_entries(names: list[str], modules_root: Path, release: str) -> list[E
     base = f"lib/modules/{release}"
     out = [module_entry(modules_root, rel, release) for rel in paths]
     chosen = set(paths)
-    dep_lines = [" ".join(plain_module_name(w.rstrip(":")) + (":" if w.endswith(":") else "") for w in line.split())
+
+    def plain(word: str) -> str:  # "kernel/lib/crc16.ko.zst:" -> "kernel/lib/crc16.ko:"
+        return plain_module_name(word.rstrip(":")) + (":" if word.endswith(":") else "")
+
+    dep_lines = [" ".join(map(plain, line.split()))
                  for line in (modules_root / "modules.dep").read_text().splitlines()
                  if line.split(":", 1)[0].strip() in chosen]
     out.append(file(f"{base}/modules.dep", "".join(l + "\n" for l in dep_lines).encode()))

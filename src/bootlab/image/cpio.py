@@ -230,7 +230,7 @@ class StreamParser:
                     head, self._head = bytes(self._head), bytearray()
                     self._start_member(head, self._head_at)
             elif not self._in_archive and not view[i]:
-                i = _past_nuls(view, i)
+                i = skip_nuls(view, i)
             elif n - i >= HEADER_SIZE and n - i >= (
                     length := self._length(self._fields(view[i:i + HEADER_SIZE], base + i), base + i)):
                 self._start_member(view[i:i + length], base + i)
@@ -300,8 +300,9 @@ class StreamParser:
             raise CpioError(f"{self.where}: no cpio archive in the stream")
 
 
-def _past_nuls(view: memoryview, i: int) -> int:
-    """The offset of the first non-NUL byte at or after i (or the end)."""
+def skip_nuls(view: memoryview, i: int) -> int:
+    """The offset of the first non-NUL byte at or after i (or the end): the padding between
+    archives and between initramfs segments."""
     while i < len(view):
         chunk = bytes(view[i:i + 65536])
         rest = chunk.lstrip(b"\0")

@@ -214,6 +214,8 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
     written is removed again; if it held files, the image is first read through once without
     writing anything. A failed write (a full disk) is a BootlabError, cleaned up the same way."""
     created = _first_missing(dest)
+    if created is None and not dest.is_dir():
+        raise BadInput(f"-C {dest}: not a directory")
     undo: Callable[[], None]
     if created is not None:
         undo = lambda: shutil.rmtree(created, ignore_errors=True)

@@ -37,25 +37,32 @@ class GuestSpec:
 MODULE_COMPRESSIONS = {".xz": "xz", ".gz": "gzip", ".zst": "zstd"}
 
 
+def _compression(rel: str) -> tuple[str, str | None]:
+    """kernel/fs/ext4/ext4.ko.zst -> (kernel/fs/ext4/ext4.ko, "zstd"); a plain .ko -> (rel, None)."""
+    for ext, algorithm in MODULE_COMPRESSIONS.items():
+        if rel.endswith(".ko" + ext):
+            return rel[: -len(ext)], algorithm
+    return rel, None
+
+
 def plain_module_name(rel: str) -> str:
     """kernel/fs/ext4/ext4.ko.zst -> kernel/fs/ext4/ext4.ko"""
-    ext = next((e for e in MODULE_COMPRESSIONS if rel.endswith(".ko" + e)), "")
-    return rel[: len(rel) - len(ext)]
+    return _compression(rel)[0]
 
 
 def module_entry(root: Path, rel: str, release: str) -> Entry:
     """A module, uncompressed: the agent loads modules with plain finit_module, and busybox's
     modprobe cannot read .ko.zst (the archive is compressed as a whole anyway)."""
     src = root / rel
-    dest = f"lib/modules/{release}/{rel}"
-    for ext, algorithm in MODULE_COMPRESSIONS.items():
-        if rel.endswith(ext):
-            try:
-                data, _ = compress.decompress_stream(algorithm, src.read_bytes())
-            except compress.CorruptData as e:
-                raise BadInput(f"module {src}: {e}") from None
-            return file(dest[: -len(ext)], data)
-    return host_file(dest, src, 0o644)
+    plain, algorithm = _compression(rel)
+    dest = f"lib/modules/{release}/{plain}"
+    if algorithm is None:
+        return host_file(dest, src, 0o644)
+    try:
+        data, _ = compress.decompress_stream(algorithm, src.read_bytes())
+    except compress.CorruptData as e:
+        raise BadInput(f"module {src}: {e}") from None
+    return file(dest, data)
 
 
 def entries(spec: GuestSpec) -> list[Entry]:

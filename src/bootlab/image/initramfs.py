@@ -25,6 +25,7 @@ from bootlab.image.cpio import (
     Member,
     StreamParser,
     read_archive,
+    skip_nuls,
 )
 
 
@@ -42,25 +43,13 @@ class Segment(NamedTuple):
         return self.end - self.offset
 
 
-def _skip_padding(buf: memoryview, pos: int) -> int:
-    n = len(buf)
-    while pos < n and buf[pos] == 0:
-        # Skip whole runs quickly: find the next non-NUL byte.
-        chunk = bytes(buf[pos:pos + 65536])
-        stripped = chunk.lstrip(b"\0")
-        pos += len(chunk) - len(stripped)
-        if stripped:
-            break
-    return pos
-
-
 def _archives(data: bytes | memoryview, where: str) -> list[Member]:
     """All cpio archives in one (decompressed) segment; several may be concatenated."""
     view = memoryview(data)
     members: list[Member] = []
     pos = 0
     while True:
-        pos = _skip_padding(view, pos)
+        pos = skip_nuls(view, pos)
         if pos >= len(view):
             return members
         if bytes(view[pos:pos + 6]) not in (MAGIC, MAGIC_CRC):
@@ -82,7 +71,7 @@ def read_segments(data: bytes | memoryview, *, keep_data: bool = True,
     receives the member's data (extraction writes files while decompressing)."""
     view = memoryview(data)
     segments: list[Segment] = []
-    pos = _skip_padding(view, 0)
+    pos = skip_nuls(view, 0)
     if pos >= len(view):
         raise BadInput("empty initramfs: no cpio archive in it")
     while pos < len(view):
@@ -113,8 +102,8 @@ def read_segments(data: bytes | memoryview, *, keep_data: bool = True,
                     parser = StreamParser(where, None if visit is None else partial(visit, idx))
                     # A visitor writes files: decoding beside it on another core pays off then.
                     decode = compress.decompress_chunks
-                    if visit is not None:
-                        from bootlab.image import readahead  # threads: not for a listing
+                    if visit is not None:  # (imported here: threads are not for a listing)
+                        from bootlab.image import readahead
 
                         decode = readahead.decompress_chunks
                     end = decode(algorithm, view, pos, parser.feed)
@@ -124,7 +113,7 @@ def read_segments(data: bytes | memoryview, *, keep_data: bool = True,
             raise BadInput(f"segment {idx} at offset {pos}: {e}") from None
         except CpioError as e:
             raise BadInput(f"segment {idx} at offset {pos}: {e}") from None
-        pos = _skip_padding(view, end)
+        pos = skip_nuls(view, end)
     return segments
 
 
