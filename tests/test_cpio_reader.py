@@ -66,6 +66,7 @@ def test_our_hardlinks_carry_data_on_the_last_name(tmp_path: Path) -> None:
     (lambda d: b"070707" + d[6:], "old-format"),
     (lambda d: b"NOTCPIO" + d[7:], "bad cpio magic"),
     (lambda d: d[:6] + b"ZZZZZZZZ" + d[14:], "not hexadecimal"),
+    (lambda d: d[:8] + b"  " + d[10:], "not hexadecimal"),  # bytes.fromhex would skip the spaces
     (lambda d: d[:94] + b"00000000" + d[102:], "empty name"),
     (lambda d: d[:94] + b"FFFFFFFF" + d[102:], "truncated"),
     (lambda d: d[:14 + 8 * 5] + b"7FFFFFFF" + d[14 + 8 * 6:], "truncated"),

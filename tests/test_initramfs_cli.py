@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,23 @@ def test_ls_long_and_json(multi_segment: Path) -> None:
     assert console.startswith("crw-------") and "5,   1" in console
     entries = json.loads(bootlab_cli("initramfs", "ls", "--json", str(multi_segment)).stdout)
     assert [e["name"] for e in entries][-1] == "etc/late" and entries[-1]["segment"] == 2
+
+
+def test_listing_a_zstd_image_loads_no_more_than_it_needs(tmp_path: Path) -> None:
+    """Start-up is a fifth of `ls` on Debian's initrd (bench/initramfs.py): these modules, each
+    1-4 ms, once crept onto that path through a top-level import, and must not come back."""
+    img = tmp_path / "initrd.img"
+    img.write_bytes(compress.compress("zstd", cpio_bytes([file("init", b"#!/bin/sh\n", 0o755)])))
+    script = ("import sys\nfrom bootlab.cli import main\nstatus = main(sys.argv[1:])\n"
+              "print(status, *sys.modules, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", script, "initramfs", "ls", str(img)], capture_output=True, check=True)
+    assert r.stdout == b"init\n"
+    status, *loaded = r.stderr.decode().split()
+    assert status == "0"
+    assert "zstandard" in loaded  # (the listing did run)
+    heavy = {"pathlib", "shutil", "bz2", "lzma", "lz4", "lzo", "dataclasses", "threading", "subprocess",
+             "json", "bootlab.vm", "bootlab.image.entry"}
+    assert heavy.isdisjoint(loaded), heavy & set(loaded)
 
 
 def test_a_pipe_is_read_like_a_file(multi_segment: Path, tmp_path: Path) -> None:

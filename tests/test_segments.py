@@ -16,13 +16,18 @@ from bootlab.image.entry import Entry, Kind, file, symlink
 from bootlab.image.initramfs import read_segments
 
 
+def cpio_archive(n: int = 0) -> bytes:
+    buf = io.BytesIO()
+    cpio.write(buf, [Entry(f"d{n}", Kind.DIR, 0o755), file(f"d{n}/f", bytes(range(256)) * (n + 1)),
+                     symlink(f"d{n}/l", "f")])
+    return buf.getvalue()
+
+
 def image(*algorithms: str) -> bytes:
     out = b""
     for n, alg in enumerate(algorithms):
-        buf = io.BytesIO()
-        cpio.write(buf, [Entry(f"d{n}", Kind.DIR, 0o755), file(f"d{n}/f", bytes(range(256)) * (n + 1)),
-                         symlink(f"d{n}/l", "f")])
-        out += buf.getvalue() if alg == "none" else compress.compress(alg, buf.getvalue())
+        plain = cpio_archive(n)
+        out += plain if alg == "none" else compress.compress(alg, plain)
     return out
 
 
@@ -48,6 +53,22 @@ def test_debians_initrd_both_ways() -> None:
         pytest.skip("no Debian initrd on this machine")
     data = img[-1].read_bytes()
     assert summary(data, True) == summary(data, False)
+
+
+@pytest.mark.parametrize("alg", ["none", "zstd"])
+@pytest.mark.parametrize("member", [0, 1])
+def test_spaces_in_header_fields_are_not_hexadecimal(alg: str, member: int) -> None:
+    """bytes.fromhex skips spaces: two of them in place of two digits used to leave twelve and
+    a half fields, and a struct.error escaped both readers."""
+    plain = bytearray(cpio_archive())
+    at = [m.offset for m in cpio.read_archive(bytes(plain))[0]][member] + 20
+    plain[at:at + 2] = b"  "
+    data = bytes(plain) if alg == "none" else compress.compress(alg, bytes(plain))
+    context = "segment 0 (uncompressed): " if alg == "none" else "segment 0 (zstd at offset 0, after decompression): "
+    for keep in (True, False):
+        with pytest.raises(BadInput, match="not hexadecimal") as e:
+            read_segments(data, keep_data=keep)
+        assert str(e.value).startswith(context) and str(e.value).count("segment") == 1
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import signal
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from bootlab import __version__
 from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from bootlab.image.entry import Entry
     from bootlab.vm.machine import Disk
     from bootlab.vm.vm import VM
@@ -60,7 +60,33 @@ def _seconds(value: str) -> float:
     return s
 
 
+def _path(value: str) -> Path:
+    """A path argument. pathlib is imported only when one is given: `initramfs ls FILE` takes
+    its FILE as a plain string and skips pathlib's 4 ms."""
+    from pathlib import Path
+
+    return Path(value)
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter (examples keep their lines), given the terminal's width. Left to find
+    the width itself, argparse imports shutil, which imports bz2 and lzma: 3 ms of every command."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                columns = 80
+        super().__init__(prog, width=columns - 2)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(formatter_class=_Help, **kw)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         """One line and status 2, like every other bad input."""
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
@@ -79,7 +105,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser for every command, or, given `command`, one where only that command has its
     arguments: `initramfs ls` should not spend milliseconds describing `run`'s twenty options."""
     p = _Parser(prog="bootlab", description="Boot and debug Linux kernels in QEMU: one line, rootless, fast.",
-                formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="examples:\n  bootlab run -- uname -a\n\nrun `bootlab run --help` for more.")
     p.add_argument("--version", action="version", version=f"bootlab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -96,8 +121,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help=COMMANDS["run"],
                          description="Boot a kernel with a minimal busybox guest and run CMD in it; "
                                      "its stdout, stderr and exit status come back as if it ran here.",
-                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES)
-    run.add_argument("--kernel", type=Path, metavar="PATH",
+                         epilog=RUN_EXAMPLES)
+    run.add_argument("--kernel", type=_path, metavar="PATH",
                      help="kernel image (bzImage, vmlinux, arm64 Image); default: the newest "
                           "/boot/vmlinuz-*, or for another --arch Debian's kernel, fetched once")
     run.add_argument("--arch", metavar="ARCH", help="x86_64 or aarch64 (default: the host's)")
@@ -109,10 +134,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="extra kernel command-line arguments (repeatable)")
     run.add_argument("--module", action="append", default=[], metavar="NAME",
                      help="load this kernel module and its dependencies before CMD (repeatable)")
-    run.add_argument("--busybox", type=Path, metavar="PATH", help="static busybox to use (default: /bin/busybox)")
+    run.add_argument("--busybox", type=_path, metavar="PATH", help="static busybox to use (default: /bin/busybox)")
     run.add_argument("--add", action="append", default=[], metavar="HOST[:GUEST]",
                      help="put a host file or tree in the guest (its ELF libraries come along; repeatable)")
-    run.add_argument("--spec", type=Path, metavar="FILE",
+    run.add_argument("--spec", type=_path, metavar="FILE",
                      help="add what an initramfs spec describes; a spec with its own init is booted as it is")
     run.add_argument("--disk", action="append", default=[], metavar="IMG[,ro]",
                      help="attach a disk image as /dev/vda, /dev/vdb ... (,ro: read-only; "
@@ -131,12 +156,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--ssh", type=int, metavar="PORT",
                      help="forward 127.0.0.1:PORT to the guest's port 22 and authorize your ~/.ssh/id_*.pub "
                           "and bootlab's key (~/.cache/bootlab/ssh/id_ed25519) for root; implies --net")
-    run.add_argument("--initrd", type=Path, metavar="FILE",
+    run.add_argument("--initrd", type=_path, metavar="FILE",
                      help="boot this initramfs as it is, with its own /init and the console attached")
     run.add_argument("--timeout", type=_seconds, default=3600.0, metavar="SECONDS",
                      help="give up after this long, boot included; exit status 124 (default: 3600)")
     run.add_argument("-v", "--verbose", action="store_true", help="show the kernel console live on stderr")
-    run.add_argument("--console-log", type=Path, metavar="FILE",
+    run.add_argument("--console-log", type=_path, metavar="FILE",
                      help="save the kernel console here (default: a file under ~/.cache/bootlab/logs)")
     run.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
@@ -145,7 +170,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _add_rootfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rfs = sub.add_parser("rootfs", help=COMMANDS["rootfs"],
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog="examples:\n  bootlab rootfs build mytree/ -o root.img\n"
                                 "  bootlab rootfs build spec.toml -o root.img --size 256M\n"
                                 "  bootlab rootfs debootstrap bookworm -o debian.img --include openssh-server\n"
@@ -153,8 +177,8 @@ def _add_rootfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     rsub = rfs.add_subparsers(dest="rootfs_command", metavar="ACTION", parser_class=_Parser)
     rb = _action(rsub, "build", "an ext4 image from a directory or a spec (owners, modes, nodes exact)",
                  ["bootlab rootfs build mytree/ -o root.img", "bootlab rootfs build spec.toml -o root.img --size 256M"])
-    rb.add_argument("source", type=Path, metavar="SRC", help="a directory, or a TOML spec (see the README)")
-    rb.add_argument("-o", "--output", type=Path, required=True, metavar="IMG")
+    rb.add_argument("source", type=_path, metavar="SRC", help="a directory, or a TOML spec (see the README)")
+    rb.add_argument("-o", "--output", type=_path, required=True, metavar="IMG")
     rb.add_argument("--size", default="auto", metavar="SIZE", help="e.g. 512M, 2G, or auto (default)")
     rb.add_argument("--label", metavar="LABEL", help="filesystem label")
     rb.add_argument("--keep-owners", action="store_true",
@@ -163,7 +187,7 @@ def _add_rootfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                  ["bootlab rootfs debootstrap bookworm -o debian.img --include openssh-server",
                   "bootlab rootfs debootstrap bookworm --arch aarch64 -o arm64.img"])
     rd.add_argument("suite", metavar="SUITE", help="e.g. bookworm")
-    rd.add_argument("-o", "--output", type=Path, required=True, metavar="IMG")
+    rd.add_argument("-o", "--output", type=_path, required=True, metavar="IMG")
     rd.add_argument("--variant", default="minbase", help="minbase (default), buildd, important, standard")
     rd.add_argument("--include", default="", metavar="PKG,...", help="more packages, comma-separated")
     rd.add_argument("--size", default="auto", metavar="SIZE", help="e.g. 2G, or auto (default)")
@@ -171,7 +195,7 @@ def _add_rootfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def _add_kernel(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    kern = sub.add_parser("kernel", help=COMMANDS["kernel"], formatter_class=argparse.RawDescriptionHelpFormatter,
+    kern = sub.add_parser("kernel", help=COMMANDS["kernel"],
                           epilog="examples:\n  bootlab kernel fetch --arch aarch64\n"
                                  "  bootlab kernel fetch linux-image-6.1.0-56-amd64\n")
     ksub = kern.add_subparsers(dest="kernel_command", metavar="ACTION", parser_class=_Parser)
@@ -196,7 +220,6 @@ def _action(sub: argparse._SubParsersAction, name: str, help: str, examples: lis
             **kw: object) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples."""
     return sub.add_parser(name, help=help, description=kw.pop("description", help[:1].upper() + help[1:] + "."),
-                          formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="examples:\n" + "".join(f"  {e}\n" for e in examples))
 
 
@@ -204,22 +227,22 @@ def _add_initramfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     ini = sub.add_parser("initramfs", help=COMMANDS["initramfs"],
                          description="Read initramfs images the way the kernel does: every segment "
                                      "(early microcode, several compressed archives), without root.",
-                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=INITRAMFS_EXAMPLES)
+                         epilog=INITRAMFS_EXAMPLES)
     isub = ini.add_subparsers(dest="initramfs_command", metavar="ACTION", parser_class=_Parser)
     ls = _action(isub, "ls", "list every entry of every segment",
                  ["bootlab initramfs ls /boot/initrd.img-$(uname -r)", "bootlab initramfs ls -l --json initrd.img"])
-    ls.add_argument("file", type=Path, metavar="FILE")
+    ls.add_argument("file", metavar="FILE")  # a str, not _path: see _path
     ls.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size or device, mtime, link target")
     ls.add_argument("--json", action="store_true", help="one JSON array of entries")
     ex = _action(isub, "examine", "one row per segment: offset, compression, sizes, entries",
                  ["bootlab initramfs examine /boot/initrd.img-$(uname -r)"])
-    ex.add_argument("file", type=Path, metavar="FILE")
+    ex.add_argument("file", metavar="FILE")
     ex.add_argument("--json", action="store_true")
     xt = _action(isub, "extract", "unpack into a directory, without root",
                  ["bootlab initramfs extract initrd.img -C out/",
                   "bootlab initramfs extract initrd.img -C out/ --segment 1 'usr/lib/modules/*'"])
-    xt.add_argument("file", type=Path, metavar="FILE")
-    xt.add_argument("-C", "--directory", type=Path, required=True, metavar="DIR", help="destination")
+    xt.add_argument("file", metavar="FILE")
+    xt.add_argument("-C", "--directory", type=_path, required=True, metavar="DIR", help="destination")
     xt.add_argument("--segment", type=int, metavar="N", help="only segment N (see examine)")
     xt.add_argument("patterns", nargs="*", metavar="PATTERN", help="only names matching these globs")
     bd = _action(isub, "build", "build an initramfs from a TOML spec, rootless and reproducible",
@@ -227,11 +250,11 @@ def _add_initramfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
                   "bootlab initramfs build spec.toml -o initrd.img --compress zstd --early microcode/"],
                  description="Build an initramfs from a TOML spec (see the README for the format). "
                              "SOURCE_DATE_EPOCH (default 0) makes the output byte-identical.")
-    bd.add_argument("spec", type=Path, metavar="SPEC")
-    bd.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
+    bd.add_argument("spec", type=_path, metavar="SPEC")
+    bd.add_argument("-o", "--output", type=_path, required=True, metavar="OUT")
     bd.add_argument("--compress", metavar="ALG",
                     help="none, gzip, bzip2, lzma, xz, lzo, lz4 or zstd (default: the spec's, else gzip)")
-    bd.add_argument("--early", type=Path, metavar="SPEC_OR_DIR",
+    bd.add_argument("--early", type=_path, metavar="SPEC_OR_DIR",
                     help="an uncompressed first segment (e.g. CPU microcode): a directory or a spec")
 
 
@@ -347,6 +370,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import shlex
+
     from bootlab.vm.vm import VM
 
     cmd = list(args.cmd)
@@ -401,7 +426,7 @@ def _disk(value: str) -> Disk:
             raise BadInput(f"--disk {value!r}: unknown option {o!r} (known: ro, rw, format=raw|qcow2)")
     if not path:
         raise BadInput(f"--disk {value!r}: no image path")
-    return Disk(Path(path), readonly, fmt)
+    return Disk(_path(path), readonly, fmt)
 
 
 def _share(value: str) -> tuple[Path, str, bool]:
@@ -412,7 +437,7 @@ def _share(value: str) -> tuple[Path, str, bool]:
     host, _, guest = spec.partition(":")
     if not host:
         raise BadInput(f"--share {value!r}: expected HOST[:GUEST][,rw]")
-    path = Path(os.path.expanduser(host)).resolve()
+    path = _path(os.path.expanduser(host)).resolve()
     return path, guest or str(path), opt == "rw"
 
 
