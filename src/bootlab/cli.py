@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import signal
@@ -493,6 +494,9 @@ def _interactive(vm: VM, timeout: float) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The modules loaded by now live until exit. Moved out of the cyclic collector's sight, they
+    # are not walked again by each full collection and the one at exit (2 ms of `initramfs ls`).
+    gc.freeze()
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option values
     parser = build_parser(first if first in COMMANDS else None)
