@@ -185,3 +185,11 @@ def test_every_command_help_ends_with_examples(command: list[str]) -> None:
     assert r.returncode == 0
     examples = r.stdout.decode().split("examples:", 1)[1]
     assert f"bootlab {command[0]}" in examples
+
+
+@pytest.mark.parametrize("columns, width", [("40", 40), ("0", 80), ("junk", 80)])
+def test_help_wraps_to_the_terminal_width(columns: str, width: int) -> None:
+    """$COLUMNS, else the terminal (not one here: stdout is a pipe), else 80; as argparse does."""
+    r = bootlab_cli("initramfs", "ls", "--help", env={"COLUMNS": columns})
+    options = r.stdout.decode().split("options:")[1].split("examples:")[0].splitlines()
+    assert width - 20 < max(map(len, options)) <= width
