@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,20 @@ def test_a_kernel_without_pvh_boots_as_a_bzimage(kernel: Path) -> None:
         argv = other._session.machine.argv()
         assert argv[argv.index("-kernel") + 1] == str(kernel)
         assert other.run(["uname", "-r"]).stdout.decode().strip() == kernel.name.removeprefix("vmlinuz-")
+
+
+def test_a_vm_booted_from_a_thread_outlives_the_thread(kernel: Path) -> None:
+    """QEMU is killed when the *thread* that forked it ends (PR_SET_PDEATHSIG), so a VM booted
+    from a worker thread (a pool booting several at once) must not be forked from that thread."""
+    booted: list[bootlab.VM] = []
+    worker = threading.Thread(target=lambda: booted.append(bootlab.VM(kernel, accel="tcg").start()))
+    worker.start()
+    worker.join()
+    task = Path(f"/proc/self/task/{worker.native_id}")
+    deadline = time.monotonic() + 10
+    while task.exists() and time.monotonic() < deadline:  # until the thread is gone for the kernel too
+        time.sleep(0.01)
+    assert not task.exists()
+    with booted[0] as vm:
+        r = vm.run(["echo", "alive"])
+    assert (r.returncode, r.stdout) == (0, b"alive\n")

@@ -3,23 +3,59 @@
 from __future__ import annotations
 
 import ctypes
+import functools
+import os
 import signal
 import socket
 import subprocess
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from bootlab.errors import BootlabError
 from bootlab.vm.machine import Machine
 from bootlab.vm.protocol import Channel
 
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
 _PR_SET_PDEATHSIG = 1
+# Looked up here: between fork and exec the child should not be loading libraries.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
-def _die_with_parent() -> None:
+def _die_with(parent: int) -> None:
     """In the child before exec: if bootlab dies, even by SIGKILL, the kernel kills QEMU too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # bootlab died before that took hold
+        os._exit(1)
+
+
+def _popen(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen, tying the child to this process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: QEMU
+    started from a short-lived thread (a pool booting several VMs at once) died with it. So it
+    is started from the main thread, or else from one thread kept for it."""
+    kw["preexec_fn"] = functools.partial(_die_with, os.getpid())
+    if threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(argv, **kw)
+    return _spawner().submit(subprocess.Popen, argv, **kw).result()
+
+
+_spawner_lock = threading.Lock()
+_spawner_pool: ThreadPoolExecutor | None = None
+
+
+def _spawner() -> ThreadPoolExecutor:
+    """One worker thread, which stays until the interpreter shuts down."""
+    global _spawner_pool
+    with _spawner_lock:
+        if _spawner_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _spawner_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bootlab-spawn")
+        return _spawner_pool
 
 
 class Session:
@@ -47,8 +83,7 @@ class Session:
             stdin, group = subprocess.DEVNULL, 0  # a terminal's ^C reaches bootlab, not QEMU
             stdout = 2 if self.live_console else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                                         preexec_fn=_die_with_parent, process_group=group)
+            self.proc = _popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, process_group=group)
         except FileNotFoundError:
             self.close()
             raise BootlabError(f"{argv[0]} not found: apt-get install "
