@@ -20,7 +20,8 @@ so output is reproducible.
 """
 
 # Annotations are evaluated here (no `from __future__ import annotations`): typing.NamedTuple
-# compiles each string annotation, which cost `initramfs ls` 3 ms of start-up.
+# compiles each string annotation, and for Member, Segment and Codec that was 3 ms of
+# `initramfs ls`.
 
 import struct
 import zlib

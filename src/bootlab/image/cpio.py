@@ -5,7 +5,8 @@ padded to a 4-byte boundary, then the data padded to 4 bytes. "TRAILER!!!" ends 
 """
 
 # Annotations are evaluated here (no `from __future__ import annotations`): typing.NamedTuple
-# compiles each string annotation, which cost `initramfs ls` 3 ms of start-up.
+# compiles each string annotation, and for Member, Segment and Codec that was 3 ms of
+# `initramfs ls`.
 
 import stat
 import struct
