@@ -97,3 +97,31 @@ def test_fuzz_single_byte_corruption(pos: int, value: int) -> None:
             assert m.data_offset + m.size <= len(data)
     except CpioError:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=103), st.text(alphabet=" \t\n0123456789abcdefABCDEF+-_xX", min_size=1, max_size=4))
+def test_fuzz_header_fields_with_text_a_hex_parser_might_accept(at: int, text: str) -> None:
+    """Random bytes seldom look like hex; these do: spaces (bytes.fromhex skips them), signs,
+    underscores and 0x (int() takes those). Both readers agree: the same entries, or a CpioError."""
+    data = bytearray(archive(SAMPLE))
+    data[6 + at:6 + at + len(text)] = text.encode()  # within the first header's fields (and name)
+    outcomes = []
+    for read in (_whole_read, _stream_read):
+        try:
+            outcomes.append([(m.name, m.mode, m.size, m.link) for m in read(bytes(data))])
+        except CpioError:
+            outcomes.append(None)
+    assert outcomes[0] == outcomes[1]
+
+
+def _whole_read(data: bytes) -> list[cpio.Member]:
+    return read_archive(data)[0]
+
+
+def _stream_read(data: bytes) -> list[cpio.Member]:
+    parser = cpio.StreamParser()
+    for i in range(0, len(data), 7):  # small pieces: headers split across them
+        parser.feed(data[i:i + 7])
+    parser.close()
+    return parser.members
