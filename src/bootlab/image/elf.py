@@ -29,6 +29,8 @@ ELF_MAGIC = b"\x7fELF"
 MAX_SYMLINKS = 40  # like the kernel's limit on links followed in one lookup
 MAX_SHEBANG_DEPTH = 4  # the kernel's limit on nested #! interpreters
 MAX_STRING = 65536  # no sane DT_NEEDED/RPATH string is longer
+# What pyelftools raises on corrupt input: several types, and OSError for a seek to a bad offset.
+MALFORMED = (ELFError, ValueError, KeyError, IndexError, OverflowError, EOFError, OSError)
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,7 @@ def read_elf(path: Path) -> ElfInfo | None:
             return None
         try:
             return _parse(f)
-        # pyelftools reports corrupt input with several exception types
-        except (ELFError, ValueError, KeyError, IndexError, OverflowError, EOFError) as e:
+        except MALFORMED as e:
             reason = " ".join(str(e).split()) or type(e).__name__
             raise BadInput(f"{path}: malformed ELF: {reason}") from None
         except BadInput as e:

@@ -56,7 +56,7 @@ def bootable(path: Path, *, prefer_pvh: bool = True) -> BootableKernel:
         if not pvh.exists() and not no_pvh.exists():
             elf = image.extract_vmlinux(path)
             tmp = cache.atomic_write(pvh.with_suffix(".tmp"), lambda t: t.write_bytes(elf))
-            if image.has_pvh_note(tmp):
+            if _has_pvh_note(tmp):
                 tmp.rename(pvh)
             else:
                 tmp.unlink()
@@ -64,6 +64,15 @@ def bootable(path: Path, *, prefer_pvh: bool = True) -> BootableKernel:
         if pvh.exists():
             return BootableKernel(img, pvh, True)
     return BootableKernel(img, path, False)
+
+
+def _has_pvh_note(vmlinux: Path) -> bool:
+    """For the ELF taken out of a bzImage: one pyelftools cannot read is booted the usual way,
+    through the bzImage, whose own decompressor is the judge of it."""
+    try:
+        return image.has_pvh_note(vmlinux)
+    except BadInput:
+        return False
 
 
 def modules_dir(release: str | None, root: Path = Path("/")) -> Path | None:

@@ -7,8 +7,6 @@ under TCG is worth over a second of boot time, so we extract it once and cache i
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import struct
 import zlib
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 
 from bootlab.errors import BadInput
+from bootlab.image import compress
 
 # x86 boot protocol: offsets into the real-mode setup header (Documentation/x86/boot.rst).
 _SETUP_SECTS = 0x1F1
@@ -54,22 +53,6 @@ class KernelImage:
     def release(self) -> str | None:
         """The `uname -r` string: first word of the version, which names /lib/modules/<release>."""
         return self.version.split()[0] if self.version else None
-
-
-def _payload_codec(data: bytes) -> str | None:
-    magics = [
-        (b"\x1f\x8b", "gzip"),
-        (b"\xfd7zXZ\x00", "xz"),
-        (b"BZh", "bzip2"),
-        (b"\x5d\x00\x00", "lzma"),
-        (b"\x89LZO", "lzo"),
-        (b"\x02\x21\x4c\x18", "lz4"),
-        (b"\x28\xb5\x2f\xfd", "zstd"),
-    ]
-    for magic, name in magics:
-        if data.startswith(magic):
-            return name
-    return None
 
 
 def inspect(path: Path) -> KernelImage:
@@ -147,7 +130,7 @@ def _inspect_bzimage(path: Path, head: bytes) -> KernelImage:
         (offset,) = struct.unpack_from("<I", head, _PAYLOAD_OFFSET)
         with open(path, "rb") as f:
             f.seek(setup + offset)
-            codec = _payload_codec(f.read(8))
+            codec = compress.detect(f.read(16))
     return KernelImage(path, KernelFormat.BZIMAGE, version, payload_compression=codec)
 
 
@@ -164,12 +147,18 @@ def extract_vmlinux(path: Path) -> bytes:
     offset, length = struct.unpack_from("<II", data, _PAYLOAD_OFFSET)
     start = _setup_size(data) + offset
     payload = data[start:start + length]
-    codec = _payload_codec(payload)
+    codec = compress.detect(payload)
+    if codec is None:
+        raise BadInput(f"kernel {path}: corrupt bzImage (its payload, at offset {start}, is in no "
+                       f"compression the kernel knows)")
+    # A payload's last 4 bytes are the uncompressed size: the build appends them to every stream
+    # but gzip's, whose own trailer ends with them. lz4 has no end marker and would read them as
+    # a block: keep them out.
+    stream = payload[:-4] if codec == "lz4" else payload
     try:
-        elf = _decompress(codec, payload)
-    except (OSError, ValueError, lzma.LZMAError, zlib.error, EOFError) as e:
-        raise BadInput(f"kernel {path}: corrupt {codec} payload ({e})") from None
-    # The kernel build appends the uncompressed size as the payload's last 4 bytes.
+        elf, _ = compress.decompress_stream(codec, stream)
+    except compress.CorruptData as e:
+        raise BadInput(f"kernel {path}: bad payload: {e}") from None
     (expected,) = struct.unpack("<I", payload[-4:]) if len(payload) >= 4 else (-1,)
     if len(elf) != expected:
         raise BadInput(f"kernel {path}: corrupt or truncated {codec} payload "
@@ -179,55 +168,12 @@ def extract_vmlinux(path: Path) -> bytes:
     return elf
 
 
-def _decompress(codec: str | None, payload: bytes) -> bytes:
-    if codec == "gzip":
-        d: object = zlib.decompressobj(wbits=31)
-    elif codec == "xz":
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-    elif codec == "lzma":
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
-    elif codec == "bzip2":
-        d = bz2.BZ2Decompressor()
-    elif codec == "zstd":
-        import zstandard
-
-        d = zstandard.ZstdDecompressor().decompressobj()
-    else:
-        d = None
-    if d is not None:
-        out = d.decompress(payload)  # type: ignore[attr-defined]
-        if not getattr(d, "eof", True):
-            raise EOFError("the compressed stream ends early")
-        return out
-    if codec == "lz4":
-        return _lz4_legacy(payload)
-    raise ValueError(f"unsupported kernel payload compression: {codec}")
-
-
-def _lz4_legacy(payload: bytes) -> bytes:
-    """LZ4 legacy frames: magic, then blocks of <u32 size><data>, each up to 8 MiB decompressed."""
-    import lz4.block
-
-    out = bytearray()
-    pos = 4
-    while pos + 4 <= len(payload):
-        (size,) = struct.unpack_from("<I", payload, pos)
-        if size == 0x184C2102:  # a following legacy frame's magic
-            pos += 4
-            continue
-        pos += 4
-        block = payload[pos:pos + size]
-        if len(block) < size:
-            break
-        out += lz4.block.decompress(block, uncompressed_size=8 << 20)
-        pos += size
-    return bytes(out)
-
-
 def has_pvh_note(path: Path) -> bool:
-    """True when the ELF has a Xen PHYS32_ENTRY note: QEMU can then boot it directly (PVH)."""
+    """True when the ELF has a Xen PHYS32_ENTRY note: QEMU can then boot it directly (PVH).
+    Raises BadInput for an ELF too damaged to read."""
     from elftools.elf.elffile import ELFFile
-    from elftools.common.exceptions import ELFError
+
+    from bootlab.image.elf import MALFORMED
 
     try:
         with open(path, "rb") as f:
@@ -239,8 +185,8 @@ def has_pvh_note(path: Path) -> bool:
                     if note["n_name"] == "Xen" and note["n_type"] in (
                             _XEN_ELFNOTE_PHYS32_ENTRY, "NT_XEN_PHYS32_ENTRY"):
                         return True
-    except ELFError:
-        return False
+    except MALFORMED as e:
+        raise BadInput(f"kernel {path}: malformed ELF: {' '.join(str(e).split()) or type(e).__name__}") from None
     return False
 
 
