@@ -96,6 +96,8 @@ def test_panic_is_125_with_the_kernels_reason(tmp_path: Path) -> None:
     (["--timeout", "-1"], "not a positive number"),
     (["--accel", "hax"], "invalid choice"),
     (["--busybox", "/nonexistent"], "no such file"),
+    (["--busybox", "/etc/passwd"], "not an ELF executable"),  # was a pyelftools traceback
+    (["--busybox", "/bin/ls"], "dynamically linked"),
     (["--module", "no_such_module_xyz"], "not found"),
 ])
 def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:

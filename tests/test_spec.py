@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bootlab.errors import BadInput
 from bootlab.image import spec as spec_mod
@@ -81,8 +83,10 @@ path = "/run/pipe"
     ("init = 'a'\ninit_file = 'b'\n", "not both"),
     ("modules = 'ext4'", "list of strings"),
     ("x = = 1", "invalid TOML"),
+    ("busybox = 'host.txt'", "not an ELF executable"),  # was a pyelftools traceback
 ])
 def test_bad_specs_are_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "host.txt").write_text("not a program")
     with pytest.raises(BadInput, match=message.replace("(", r"\(")) as e:
         load(tmp_path, text)
     assert "\n" not in str(e.value)
@@ -91,3 +95,41 @@ def test_bad_specs_are_one_clear_line(tmp_path: Path, text: str, message: str) -
 def test_missing_spec_file(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="no such spec file"):
         spec_mod.load(tmp_path / "nope.toml")
+
+
+# Values of every TOML type, and strings a path or mode check could trip over.
+_VALUE = st.one_of(st.integers(min_value=-2**70, max_value=2**70), st.booleans(), st.floats(),
+                   st.text(max_size=6), st.sampled_from(["0755", "../x", "/abs", "host.txt", "", "a/../../b",
+                                                          "\0", "char", "block", "ext4", "gzip"]))
+_VALUES = st.one_of(_VALUE, st.lists(_VALUE, max_size=3))
+_TABLES = {kind: st.lists(st.dictionaries(st.sampled_from(sorted(keys) + ["bogus"]), _VALUES, max_size=5),
+                          max_size=2) for kind, keys in spec_mod.TABLE_KEYS.items()}
+_TOP = {key: _VALUES for key in spec_mod.TOP_KEYS - set(spec_mod.TABLE_KEYS)}
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else {float("inf"): "inf", float("-inf"): "-inf"}.get(value, repr(value))
+    if isinstance(value, str):
+        return '"' + "".join(c if c.isalnum() or c in " ./_-" else f"\\U{ord(c):08x}" for c in value) + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    return str(value)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.fixed_dictionaries({}, optional={**_TOP, **_TABLES}))
+def test_fuzz_specs_load_or_give_one_line(tmp_path_factory: pytest.TempPathFactory, doc: dict) -> None:
+    """Any mix of known keys and wrong values: a Spec, or BadInput (a non-ELF busybox was a traceback)."""
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    (tmp_path / "host.txt").write_text("not a program")
+    lines = [f"{key} = {_toml(value)}" for key, value in doc.items() if key not in spec_mod.TABLE_KEYS]
+    for kind in spec_mod.TABLE_KEYS:
+        for table in doc.get(kind, []):
+            lines += [f"[[{kind}]]"] + [f"{key} = {_toml(value)}" for key, value in table.items()]
+    try:
+        load(tmp_path, "\n".join(lines) + "\n")
+    except BadInput as e:
+        assert "\n" not in str(e)

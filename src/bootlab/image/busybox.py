@@ -26,14 +26,6 @@ def find_busybox(explicit: Path | None = None) -> Path:
     raise BadInput("busybox not found: install it (apt-get install busybox-static) or pass --busybox PATH")
 
 
-def _is_static(path: Path) -> bool:
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        return not any(seg["p_type"] == "PT_INTERP" for seg in elf.iter_segments())
-
-
 def applets(busybox: Path) -> list[str]:
     """The install paths busybox itself reports (`--list-full`), e.g. 'bin/sh', 'usr/bin/awk'.
 
@@ -61,7 +53,13 @@ def _relative_target(applet: str) -> str:
 
 def entries(busybox: Path) -> list[Entry]:
     """bin/busybox plus one symlink per applet; refuses a dynamic busybox (it would lack its libc)."""
-    if not _is_static(busybox):
+    from bootlab.image.elf import read_elf
+
+    info = read_elf(busybox)  # (BadInput for a damaged ELF)
+    if info is None:
+        raise BadInput(f"busybox {busybox}: not an ELF executable; use a static busybox "
+                       "(apt-get install busybox-static)")
+    if info.interp is not None:
         raise BadInput(f"busybox {busybox} is dynamically linked; use a static one "
                        "(apt-get install busybox-static)")
     out = [host_file("bin/busybox", busybox, 0o755)]
