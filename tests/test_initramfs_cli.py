@@ -85,6 +85,18 @@ def test_listing_a_zstd_image_loads_no_more_than_it_needs(tmp_path: Path) -> Non
     assert heavy.isdisjoint(loaded), heavy & set(loaded)
 
 
+def test_extract_patterns_may_follow_the_options(multi_segment: Path, tmp_path: Path) -> None:
+    """As the README writes it: argparse alone refused PATTERNs after -C DIR."""
+    for n, args in enumerate([["-C", "{d}", "--segment", "2", "etc/*"], ["etc/*", "-C", "{d}"], ["-C", "{d}", "etc/*"]]):
+        dest = tmp_path / str(n)
+        r = bootlab_cli("initramfs", "extract", str(multi_segment), *[a.format(d=dest) for a in args])
+        assert r.returncode == 0, (args, r.stderr)
+        assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == ["etc", "etc/late"]
+    r = bootlab_cli("initramfs", "extract", str(multi_segment), "-C", str(tmp_path / "x"), "etc/*", "--bogus")
+    assert r.returncode == 2 and b"unrecognized arguments: etc/* --bogus" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_pipe_is_read_like_a_file(multi_segment: Path, tmp_path: Path) -> None:
     """`<(zcat ...)` or /dev/stdin cannot be mapped; it is read whole instead."""
     data = multi_segment.read_bytes()

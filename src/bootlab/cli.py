@@ -508,7 +508,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option values
     parser = build_parser(first if first in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse fills a list of positionals (extract's PATTERNs) only from the words before the
+        # first option; the README's `extract IMG -C DIR 'usr/lib/modules/*'` puts them after.
+        if getattr(args, "patterns", None) is None or any(a.startswith("-") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.patterns += extra
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
