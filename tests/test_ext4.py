@@ -198,7 +198,27 @@ def test_refuses_what_it_cannot_write(tmp_path: Path) -> None:
         write_ext4([Entry("a", Kind.FILE, hardlink_of="missing")], tmp_path / "c.img")
     with pytest.raises(BadInput, match="label"):
         write_ext4([directory("d")], tmp_path / "d.img", label="x" * 17)
+    # These were a corrupt image (a fifo beside mke2fs's lost+found), tracebacks or exit 125.
+    for kind in (file("lost+found", b""), symlink("lost+found", "x"), Entry("lost+found", Kind.FIFO, 0o644)):
+        with pytest.raises(BadInput, match="ext4 keeps its own directory there"):
+            write_ext4([kind], tmp_path / "e.img")
+    with pytest.raises(BadInput, match="target is longer than 4095 bytes"):
+        write_ext4([symlink("l", "a" * 5000)], tmp_path / "f.img")
+    with pytest.raises(BadInput, match="a path longer than 4000 bytes"):
+        write_ext4([file("/".join(["d" * 250] * 17), b"")], tmp_path / "g.img")
+    with pytest.raises(BadInput, match="less than one block"):
+        write_ext4([directory("d")], tmp_path / "h.img", size=1024)
+    with pytest.raises(BadInput, match="does not fit in 64 KiB"):
+        write_ext4([directory("d")], tmp_path / "i.img", size=64 << 10)
     assert list(tmp_path.iterdir()) == []
+    fsck_clean(write_ext4([directory("lost+found", 0o700), file("lost+found/kept", b"k")], tmp_path / "ok.img"))
+
+
+def test_a_label_is_bytes_as_the_shell_gave_them(tmp_path: Path) -> None:
+    """A non-UTF-8 argument reaches Python as surrogates; encoding it strictly was a traceback."""
+    img = write_ext4([directory("d")], tmp_path / "l.img", label=os.fsdecode(b"ab\xff"))
+    out = subprocess.run(["dumpe2fs", "-h", str(img)], capture_output=True, check=True).stdout
+    assert re.search(rb"Filesystem volume name:\s+ab\xff\n", out)
 
 
 @pytest.mark.parametrize("text,size", [

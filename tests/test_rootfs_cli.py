@@ -57,6 +57,8 @@ def test_directory_rootfs_is_root_owned_unless_asked(tmp_path: Path) -> None:
     (["SPEC", "--size", "1M"], "does not fit"),
     (["SPEC", "--size", "lots"], ""),
     (["/no/such/tree"], "no such directory or spec"),
+    (["SPEC", "--size", "1K"], "less than one block"),  # was mke2fs's complaint and exit 125
+    (["x" * 300], "file name too long"),  # was a traceback
 ])
 def test_bad_rootfs_input_leaves_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     spec = tmp_path / "root.toml"

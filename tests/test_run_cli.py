@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -98,6 +99,10 @@ def test_panic_is_125_with_the_kernels_reason(tmp_path: Path) -> None:
     (["--busybox", "/nonexistent"], "no such file"),
     (["--busybox", "/etc/passwd"], "not an ELF executable"),  # was a pyelftools traceback
     (["--busybox", "/bin/ls"], "dynamically linked"),
+    (["--add", "/etc/hostname:/"], "a file needs a name in the guest"),  # these three were tracebacks
+    (["--add", "/etc/hostname:/./x/.."], "may not contain '..'"),
+    (["--disk", "d" * 300], "file name too long"),
+    (["--add", "/dev/zero:/z"], "not a regular file or a directory"),  # was read to the end of memory
     (["--module", "no_such_module_xyz"], "not found"),
 ])
 def test_bad_input_is_one_line_and_status_2(args: list[str], message: str) -> None:
@@ -195,3 +200,10 @@ def test_help_wraps_to_the_terminal_width(columns: str, width: int) -> None:
     r = bootlab_cli("initramfs", "ls", "--help", env={"COLUMNS": columns})
     options = r.stdout.decode().split("options:")[1].split("examples:")[0].splitlines()
     assert width - 20 < max(map(len, options)) <= width
+
+
+def test_a_fifo_added_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = bootlab_cli("run", "--dry-run", "--add", f"{fifo}:/f", "--", "true", timeout=60)
+    assert r.returncode == 2 and b"not a regular file or a directory" in r.stderr

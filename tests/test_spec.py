@@ -84,6 +84,15 @@ path = "/run/pipe"
     ("modules = 'ext4'", "list of strings"),
     ("x = = 1", "invalid TOML"),
     ("busybox = 'host.txt'", "not an ELF executable"),  # was a pyelftools traceback
+    # each of these was a traceback, or (init_file) a hang or a disk filled from /dev/zero
+    ("[[dir]]\npath = '/.'\n", "non-empty string"),
+    ("file = [1]", "must be a table"),
+    ("[[tree]]\nsource = '.'\npath = 5\n", "non-empty string"),
+    ('[[file]]\npath = "/a\\u0000b"\ncontent = "x"\n', "NUL byte"),
+    ('[[symlink]]\npath = "/l"\ntarget = "a\\u0000b"\n', "without NUL bytes"),
+    ("init_file = '/dev/zero'", "not a regular file"),
+    ("[[dir]]\npath = '/x'\nmode = true\n", "out of range"),
+    ("busybox = 5", "busybox must be true, false or the path"),
 ])
 def test_bad_specs_are_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "host.txt").write_text("not a program")
@@ -133,3 +142,9 @@ def test_fuzz_specs_load_or_give_one_line(tmp_path_factory: pytest.TempPathFacto
         load(tmp_path, "\n".join(lines) + "\n")
     except BadInput as e:
         assert "\n" not in str(e)
+
+
+def test_a_tree_whose_entries_vanish_while_it_is_read() -> None:
+    """/proc/self/fd lists the descriptor os.walk reads it with, gone by the time it is looked at."""
+    entries = spec_mod.host_tree(Path("/proc/self/fd"), "fd")
+    assert all(e.path.startswith("fd/") for e in entries)

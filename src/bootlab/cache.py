@@ -38,7 +38,8 @@ def atomic_write(dest: Path, write: Callable[[Path], None], mode: int | None = N
     """Produce `dest` by calling write(tmp) and renaming; nothing is left behind on failure.
     `mode` (e.g. 0o644, less the umask) for files meant for users rather than the cache."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    # (the name cut short: a 250-byte dest is legal, and its temporary name must be too)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:32]}.", dir=dest.parent)
     os.close(fd)
     try:
         write(Path(tmp))

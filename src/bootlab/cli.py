@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import os
 import re
@@ -544,3 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        name = str(e.filename)  # a path given, or one made from it
+        _err(f"error: file name too long: {name if len(name) <= 80 else name[:60] + '...'}")
+        return EXIT_USAGE

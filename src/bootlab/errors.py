@@ -12,6 +12,10 @@ class BadInput(BootlabError):
 
     exit_status = 2
 
+    def __init__(self, message: str) -> None:
+        # The message quotes what the user gave, which may hold a line break: keep it one line.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class Timeout(BootlabError):
     """A deadline passed (boot or command): exit status 124, like timeout(1)."""

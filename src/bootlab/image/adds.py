@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bootlab import cache
 from bootlab.errors import BadInput
@@ -22,9 +22,12 @@ def parse_add(value: str) -> tuple[Path, str]:
     target = guest if sep and guest else str(path.resolve())
     if not target.startswith("/"):
         raise BadInput(f"--add {value!r}: the guest path must be absolute")
-    if ".." in Path(target).parts:
+    parts = [p for p in PurePosixPath(target).parts if p not in ("/", ".")]
+    if ".." in parts:
         raise BadInput(f"--add {value!r}: the guest path may not contain '..'")
-    return path, target.strip("/")
+    if not parts and not path.is_dir():
+        raise BadInput(f"--add {value!r}: a file needs a name in the guest, not /")
+    return path, "/".join(parts)
 
 
 def add_entries(value: str) -> list[Entry]:
@@ -38,9 +41,11 @@ def add_entries(value: str) -> list[Entry]:
             entries.insert(0, Entry(guest, Kind.DIR, 0o755))
         programs = [str(e.source) for e in entries if e.kind is Kind.FILE and e.source is not None
                     and elf.is_dynamic(e.source)]
-    else:
+    elif host.is_file():
         entries = [Entry(guest, Kind.FILE, host.stat().st_mode & 0o7777, source=host)]
         programs = [str(host.resolve())] if elf.is_dynamic(host) else []
+    else:  # (a fifo would hang the build, a device be read to its end)
+        raise BadInput(f"--add {value!r}: {host} is not a regular file or a directory")
     libs = [e for e in (elf.closure(programs, Path("/")) if programs else [])
             if not (e.source is not None and str(e.source) in programs)]
     return libs + entries

@@ -61,8 +61,11 @@ def is_dynamic(path: Path) -> bool:
 
 
 def read_elf(path: Path) -> ElfInfo | None:
-    """The loader-relevant facts of `path`; None if it is not ELF, BadInput if it is broken ELF."""
+    """The loader-relevant facts of `path`; None if it is not ELF (or not a regular file: opening
+    a fifo would wait for a writer), BadInput if it is broken ELF."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         f = open(path, "rb")
     except OSError as e:
         raise BadInput(f"{path}: cannot read: {e.strerror}") from None

@@ -87,10 +87,12 @@ def write_ext4(entries: list[Entry], out: Path, *, size: int | None = None,
                label: str | None = None) -> Path:
     """Write `entries` as an ext4 image at `out`: `size` bytes (rounded down to 4 KiB blocks),
     or None to fit the content with ~20% headroom. Same entries, same bytes."""
-    if label is not None and len(label.encode()) > 16:
+    if label is not None and len(os.fsencode(label)) > 16:  # (bytes as given: a shell may pass non-UTF-8)
         raise BadInput(f"label {label!r} is longer than 16 bytes, the most ext4 holds")
     if out.is_dir():
         raise BadInput(f"{out}: is a directory")
+    if size is not None and size < BLOCK:
+        raise BadInput(f"size {size} bytes is less than one block ({BLOCK} bytes)")
     layout = _Layout(_normalize(entries))
     tools = _tool("mke2fs"), _tool("debugfs")
     epoch = source_date_epoch()
@@ -116,7 +118,8 @@ def write_ext4(entries: list[Entry], out: Path, *, size: int | None = None,
                     raise BootlabError(f"ext4 image: {err}")
                 if size is not None or attempt == 2:
                     mib = -(-_needed_blocks(layout, blocks + 1) * BLOCK // MiB)
-                    raise BadInput(f"the content does not fit in {blocks * BLOCK // MiB} MiB: it "
+                    room = f"{blocks * BLOCK // MiB} MiB" if blocks * BLOCK >= MiB else f"{blocks * BLOCK // 1024} KiB"
+                    raise BadInput(f"the content does not fit in {room}: it "
                                    f"needs about {mib} MiB; use --size {mib}M or auto")
                 blocks = blocks * 3 // 2
                 img.write_bytes(b"")
@@ -148,6 +151,9 @@ def _tool(name: str) -> str:
     return found
 
 
+_MAX_PATH = 4000  # PATH_MAX, less room for the staging directory's own path
+
+
 def _normalize(entries: list[Entry]) -> list[Entry]:
     """One entry per path (the last wins, as in Tree), missing parents as 0755 directories,
     parents first. Refuses what would stage outside the tree or what debugfs cannot name."""
@@ -158,6 +164,13 @@ def _normalize(entries: list[Entry]) -> list[Entry]:
             raise BadInput(f"entry {path!r}: a newline in a name cannot be written to ext4 here")
         if any(len(os.fsencode(part)) > 255 for part in PurePosixPath(path).parts):
             raise BadInput(f"entry {path!r}: a name is longer than 255 bytes, the most ext4 holds")
+        if len(os.fsencode(path)) > _MAX_PATH:
+            raise BadInput(f"entry {path[:40]!r}...: a path longer than {_MAX_PATH} bytes (the guest "
+                           f"could not open it by name either: PATH_MAX is 4096)")
+        if path == "lost+found" and e.kind is not Kind.DIR:
+            raise BadInput(f"entry 'lost+found': ext4 keeps its own directory there, it cannot be a {e.kind.value}")
+        if e.kind is Kind.SYMLINK and len(os.fsencode(e.target or "")) >= 4096:
+            raise BadInput(f"symlink {path!r}: its target is longer than 4095 bytes, the most Linux follows")
         by_path[path] = e if path == e.path else dataclasses.replace(e, path=path)
     for path in list(by_path):
         parent = PurePosixPath(path).parent

@@ -78,7 +78,7 @@ def _mode(value: Any, where: str, default: int) -> int:
             value = int(value, 8)
         except ValueError:
             raise BadInput(f"{where}: mode {value!r} is not octal (write 0o755 or \"0755\")") from None
-    if not isinstance(value, int) or not 0 <= value <= 0o7777:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o7777:
         raise BadInput(f"{where}: mode {value!r} is out of range")
     return value
 
@@ -91,11 +91,13 @@ def _int(table: dict[str, Any], key: str, where: str, default: int = 0, limit: i
 
 
 def _guest_path(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip("/"):
+    parts = [p for p in PurePosixPath(value).parts if p not in ("/", ".")] if isinstance(value, str) else []
+    if not parts:
         raise BadInput(f"{where}: path must be a non-empty string like \"/etc/hostname\"")
-    parts = [p for p in PurePosixPath(value).parts if p not in ("/", ".")]
     if ".." in parts:
         raise BadInput(f"{where}: path {value!r} may not contain '..'")
+    if "\0" in value:
+        raise BadInput(f"{where}: path {value!r} contains a NUL byte")
     return "/".join(parts)
 
 
@@ -133,6 +135,8 @@ def parse(doc: dict[str, Any], path: Path, *, defaults: bool = True) -> Spec:
     if defaults:
         tree.extend(skeleton())
 
+    if not isinstance(doc.get("busybox", False), (bool, str)):
+        raise BadInput(f"{path}: busybox must be true, false or the path of a static busybox")
     if doc.get("busybox"):
         bb_value = doc["busybox"]
         spec.busybox = bb.find_busybox(_host(base, bb_value, "busybox") if isinstance(bb_value, str) else None)
@@ -144,7 +148,10 @@ def parse(doc: dict[str, Any], path: Path, *, defaults: bool = True) -> Spec:
             raise BadInput(f"{path}: init must be the text of a script")
         tree.add(file("init", doc["init"].encode(), 0o755))
     elif "init_file" in doc:
-        tree.add(host_file("init", _host(base, doc["init_file"], "init_file"), 0o755))
+        init_file = _host(base, doc["init_file"], "init_file")
+        if not init_file.is_file():  # (a fifo would hang the build, /dev/zero fill the disk)
+            raise BadInput(f"{path}: init_file {init_file} is not a regular file")
+        tree.add(host_file("init", init_file, 0o755))
 
     for key in ("modules", "binaries"):
         v = doc.get(key, [])
@@ -169,6 +176,8 @@ def parse(doc: dict[str, Any], path: Path, *, defaults: bool = True) -> Spec:
             raise BadInput(f"{path}: {kind} must be written [[{kind}]] (an array of tables)")
         for i, t in enumerate(tables):
             where = f"{path}: {_where(kind, i)}"
+            if not isinstance(t, dict):
+                raise BadInput(f"{where}: must be a table (keys under a [[{kind}]] line), not {t!r}")
             extra = set(t) - allowed
             if extra:
                 raise BadInput(f"{where}: unknown key {sorted(extra)[0]!r} (allowed: {', '.join(sorted(allowed))})")
@@ -184,7 +193,8 @@ def _table_entries(kind: str, t: dict[str, Any], where: str, base: Path) -> list
         src = _host(base, t.get("source"), where)
         if not src.is_dir():
             raise BadInput(f"{where}: {src} is not a directory")
-        dest = _guest_path(t.get("path", "/"), where) if t.get("path", "/").strip("/") else ""
+        dest = t.get("path", "/")
+        dest = "" if isinstance(dest, str) and not dest.strip("/.") else _guest_path(dest, where)
         return [dataclasses.replace(e, uid=owner["uid"], gid=owner["gid"]) for e in host_tree(src, dest)]
     path = _guest_path(t.get("path"), where)
     if kind == "dir":
@@ -202,8 +212,8 @@ def _table_entries(kind: str, t: dict[str, Any], where: str, base: Path) -> list
         mode = _mode(t.get("mode"), where, stat.S_IMODE(src.stat().st_mode))
         return [Entry(path, Kind.FILE, mode, source=src, **owner)]
     if kind == "symlink":
-        if not isinstance(t.get("target"), str) or not t["target"]:
-            raise BadInput(f"{where}: target must be a non-empty string")
+        if not isinstance(t.get("target"), str) or not t["target"] or "\0" in t["target"]:
+            raise BadInput(f"{where}: target must be a non-empty string (without NUL bytes)")
         return [Entry(path, Kind.SYMLINK, 0o777, target=t["target"], **owner)]
     if kind == "hardlink":
         return [Entry(path, Kind.FILE, 0o644, hardlink_of=_guest_path(t.get("target"), where))]
@@ -228,7 +238,10 @@ def host_tree(src: Path, dest: str, *, keep_owners: bool = False) -> list[Entry]
             host = Path(dirpath) / name
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
             guest = f"{dest}/{rel}" if dest else rel
-            st = host.lstat()
+            try:
+                st = host.lstat()
+            except FileNotFoundError:  # gone since the directory was listed (/proc, a build dir)
+                continue
             mode = stat.S_IMODE(st.st_mode)
             before = len(out)
             if stat.S_ISLNK(st.st_mode):
