@@ -88,6 +88,7 @@ path = "/run/pipe"
     ("[[dir]]\npath = '/.'\n", "non-empty string"),
     ("file = [1]", "must be a table"),
     ("[[tree]]\nsource = '.'\npath = 5\n", "non-empty string"),
+    ("[[tree]]\nsource = '.'\npath = '/..'\n", "may not contain '..'"),
     ('[[file]]\npath = "/a\\u0000b"\ncontent = "x"\n', "NUL byte"),
     ('[[symlink]]\npath = "/l"\ntarget = "a\\u0000b"\n', "without NUL bytes"),
     ("init_file = '/dev/zero'", "not a regular file"),

@@ -90,9 +90,10 @@ def _int(table: dict[str, Any], key: str, where: str, default: int = 0, limit: i
     return v
 
 
-def _guest_path(value: Any, where: str) -> str:
+def _guest_path(value: Any, where: str, *, root: bool = False) -> str:
+    """A guest path as the tree names it ("etc/hostname"); "" for "/" itself where `root` allows it."""
     parts = [p for p in PurePosixPath(value).parts if p not in ("/", ".")] if isinstance(value, str) else []
-    if not parts:
+    if not parts and not (root and isinstance(value, str)):
         raise BadInput(f"{where}: path must be a non-empty string like \"/etc/hostname\"")
     if ".." in parts:
         raise BadInput(f"{where}: path {value!r} may not contain '..'")
@@ -193,8 +194,7 @@ def _table_entries(kind: str, t: dict[str, Any], where: str, base: Path) -> list
         src = _host(base, t.get("source"), where)
         if not src.is_dir():
             raise BadInput(f"{where}: {src} is not a directory")
-        dest = t.get("path", "/")
-        dest = "" if isinstance(dest, str) and not dest.strip("/.") else _guest_path(dest, where)
+        dest = _guest_path(t.get("path", "/"), where, root=True)
         return [dataclasses.replace(e, uid=owner["uid"], gid=owner["gid"]) for e in host_tree(src, dest)]
     path = _guest_path(t.get("path"), where)
     if kind == "dir":
