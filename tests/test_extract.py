@@ -230,3 +230,63 @@ def test_an_uncreatable_destination_is_bad_input(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(BadInput, match="cannot create it"):
         extract(_image(("none", ENTRIES)), tmp_path / "file" / "sub")
+
+
+def _members(*members: tuple[str, int, bytes, int, int]) -> bytes:
+    """Hand-made members (name bytes, mode, data, ino, nlink) with a trailer."""
+    out = b""
+    for name, mode, data, ino, nlink in members:
+        out += cpio.header(ino=ino, mode=mode, uid=0, gid=0, nlink=nlink, mtime=0, filesize=len(data),
+                           name=name) + data + b"\0" * (-len(data) % 4)
+    return out + cpio.header(ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, filesize=0, name=b"TRAILER!!!")
+
+
+def test_the_manifest_is_never_written_through_what_holds_its_name(tmp_path: Path) -> None:
+    """A member named like the manifest (a symlink out, a fifo), or a symlink of that name
+    already in DIR: the manifest used to be written through it, or wait on the fifo forever."""
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    for n, member in enumerate([(MANIFEST.encode(), 0o120777, str(victim).encode(), 1, 1),
+                                (MANIFEST.encode(), 0o010644, b"", 1, 1), None]):
+        dest = tmp_path / f"d{n}"
+        if member is None:  # the name already taken in a DIR that holds files
+            dest.mkdir()
+            (dest / MANIFEST).symlink_to(victim)
+        report = extract(_members(*[m for m in [member] if m], (b"../esc", 0o100644, b"x", 2, 1)), dest)
+        assert victim.read_text() == "mine"
+        assert (dest / MANIFEST).is_file() and not (dest / MANIFEST).is_symlink()
+        assert json.loads((dest / MANIFEST).read_text())["skipped"] == report.skipped
+        assert len(report.skipped) == (2 if member else 1)
+
+
+def test_what_cannot_be_made_here_is_skipped_not_fatal(tmp_path: Path) -> None:
+    """Each of these was a traceback or exit 125 (leaving a DIR that held files half written)."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "mine").write_text("kept")
+    report = extract(_members(
+        (b"a\0b", 0o100644, b"nul in a name", 1, 1),
+        (b"s", 0o120777, b"ab\0c", 2, 1),                    # nul in a symlink target
+        (b"e", 0o120777, b"", 3, 1),                         # empty symlink target
+        (b"c", 0o020600, b"", 4, 1),                         # char device ...
+        (b"x" * 300, 0o100644, b"long", 5, 1),               # a name ext4 and tmpfs cannot hold
+        (b"d", 0o040755, b"", 6, 1), (b"d/in", 0o100644, b"1", 7, 1),
+        (b"d", 0o100644, b"file over a full dir", 8, 1),     # the kernel's rmdir fails too
+        (b"f", 0o040755, b"", 9, 1), (b"f", 0o100644, b"F", 10, 1),      # empty dir: replaced
+        (b"g", 0o040755, b"", 11, 1), (b"g", 0o120777, b"f", 12, 1),
+        (b"h1", 0o100644, b"", 13, 2), (b"h1", 0o040755, b"", 14, 1),   # first link replaced ...
+        (b"h2", 0o100644, b"H", 13, 2),                                 # ... the second stands alone
+    ), dest)
+    whys = {s["name"]: s["why"] for s in report.skipped}
+    assert set(whys) == {"a\0b", "s", "e", "x" * 300, "d"}, whys
+    assert (dest / "mine").read_text() == "kept"
+    assert (dest / "d/in").read_text() == "1" and (dest / "f").read_text() == "F"
+    assert os.readlink(dest / "g") == "f" and (dest / "h1").is_dir() and (dest / "h2").read_text() == "H"
+
+
+def test_device_numbers_beyond_dev_t_are_skipped(tmp_path: Path) -> None:
+    head = cpio.header(ino=1, mode=0o020600, uid=0, gid=0, nlink=1, mtime=0, filesize=0, name=b"c",
+                       rdevmajor=0xFFFFFFFF, rdevminor=0xFFFFFFFF)
+    data = head + cpio.header(ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, filesize=0, name=b"TRAILER!!!")
+    report = extract(data, tmp_path / "d")
+    assert [s["why"] for s in report.skipped] == ["device number 4294967295:4294967295 out of range"]

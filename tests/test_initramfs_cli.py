@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -305,3 +306,43 @@ def test_dynamic_c_init_gets_its_libraries(tmp_path: Path) -> None:
     r = bootlab_cli("run", "--initrd", str(img), timeout=120)
     assert r.returncode == 0, r.stderr
     assert b"dynamic init ok" in r.stdout
+
+
+def test_names_that_are_not_utf8_go_through_as_bytes(tmp_path: Path) -> None:
+    """A host tree's non-UTF-8 name was a traceback in build, and in ls under a strict stdout."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / os.fsdecode(b"n\xff")).write_bytes(b"x")
+    (tree / os.fsdecode(b"s\xfe")).symlink_to(os.fsdecode(b"t\xfe"))
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'[[tree]]\nsource = "{tree}"\npath = "/x"\n')
+    img = tmp_path / "i.img"
+    r = bootlab_cli("initramfs", "build", str(spec), "-o", str(img), "--compress", "none")
+    assert r.returncode == 0, r.stderr
+    gnu = subprocess.run(["cpio", "-t", "--quiet"], input=img.read_bytes(), capture_output=True, check=True).stdout
+    assert {b"x/n\xff", b"x/s\xfe"} <= set(gnu.splitlines())
+    r = bootlab_cli("initramfs", "ls", "-l", str(img), env={"PYTHONIOENCODING": "utf-8"})
+    assert r.returncode == 0, r.stderr
+    assert b" x/n\xff\n" in r.stdout and b" x/s\xfe -> t\xfe\n" in r.stdout
+
+
+def test_more_ways_to_get_build_and_ls_wrong(tmp_path: Path) -> None:
+    """Each was a traceback, or (-o the spec) overwrote the spec with the image."""
+    spec = tmp_path / "s.toml"
+    spec.write_text('init = "#!/bin/sh\\n"\n')
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    cases = [
+        (["build", str(spec), "-o", str(spec)], {}, "that is the spec itself"),
+        (["build", str(spec), "-o", str(tmp_path / "x.img")], {"SOURCE_DATE_EPOCH": "99999999999"}, "SOURCE_DATE_EPOCH"),
+        (["build", str(spec), "-o", str(tmp_path / "y.img")], {"SOURCE_DATE_EPOCH": "-5"}, "SOURCE_DATE_EPOCH"),
+        (["ls", str(loop)], {}, "Too many levels of symbolic links"),
+        (["ls", str(spec) + "/x"], {}, "Not a directory"),
+    ]
+    for args, env, message in cases:
+        r = bootlab_cli("initramfs", *args, env=env)
+        assert r.returncode == 2 and r.stdout == b"", (args, r.stderr)
+        lines = r.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, lines)
+    assert spec.read_text() == 'init = "#!/bin/sh\\n"\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop", "s.toml"]

@@ -277,6 +277,8 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     if action == "build":
         from bootlab.image import build, spec
 
+        if args.output.resolve() == args.spec.resolve():
+            raise BadInput(f"-o {args.output}: that is the spec itself")
         out = build.build(spec.load(args.spec), args.output, algorithm=args.compress, early=args.early)
         _err(f"wrote {out} ({out.stat().st_size} bytes)")
         return 0
@@ -288,11 +290,13 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
             _err(f"{len(report.not_applied)} entries could not be fully created without root (device nodes, "
                  f"owners); recorded in {args.directory / MANIFEST}")
         if report.skipped:
-            _err(f"{len(report.skipped)} unsafe entries skipped (names escaping {args.directory} or "
-                 f"writing through symlinks); recorded in {args.directory / MANIFEST}")
+            _err(f"{len(report.skipped)} entries skipped (unsafe, such as names escaping {args.directory} or "
+                 f"writing through symlinks, or impossible here); recorded with why in {args.directory / MANIFEST}")
         return 0
     segments = initramfs.load(args.file)
     out = sys.stdout
+    if hasattr(out, "reconfigure"):  # names that are not UTF-8 come out as the bytes they were
+        out.reconfigure(errors="surrogateescape")
     if action == "ls":
         if args.json:
             import json

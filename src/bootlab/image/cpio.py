@@ -8,6 +8,7 @@ padded to a 4-byte boundary, then the data padded to 4 bytes. "TRAILER!!!" ends 
 # compiles each string annotation, and for Member, Segment and Codec that was 3 ms of
 # `initramfs ls`.
 
+import os
 import stat
 import struct
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, NamedTuple, Protocol
@@ -71,7 +72,7 @@ def write(out: BinaryIO, entries: Iterable["Entry"], *, first_ino: int = 1) -> i
         major, minor = e.rdev if e.kind in (Kind.CHAR, Kind.BLOCK) else (0, 0)
         chunk = header(ino=this_ino, mode=e.kind.type_bits | (e.mode & 0o7777), uid=e.uid, gid=e.gid,
                        nlink=nlink, mtime=e.mtime, filesize=len(data), rdevmajor=major,
-                       rdevminor=minor, name=e.path.encode())
+                       rdevminor=minor, name=os.fsencode(e.path))  # (a host name's bytes as they were)
         out.write(chunk)
         out.write(data)
         out.write(_pad(len(data)))

@@ -6,6 +6,7 @@ ext4) consume them. Device nodes and ownership are plain fields, so nothing here
 
 from __future__ import annotations
 
+import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -36,7 +37,7 @@ class Entry:
 
     def read(self) -> bytes:
         if self.kind is Kind.SYMLINK:
-            return (self.target or "").encode()
+            return os.fsencode(self.target or "")
         if self.kind is not Kind.FILE:
             return b""
         if self.data is not None:

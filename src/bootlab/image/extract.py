@@ -9,11 +9,13 @@ touch /etc).
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +38,29 @@ class Report:
 def safe_name(name: str) -> str | None:
     """The archive name as a relative path inside the destination, or None if it would escape."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
+    if not parts or ".." in parts or "\0" in name:
         return None
     return "/".join(parts)
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
@@ -82,14 +104,17 @@ class _Dirs:
             self.known = {k for k in self.known if k != rel and not k.startswith(rel + "/")}
 
 
-def _clear(path: str) -> None:
-    """Make room for a new entry; a directory stays (the kernel merges directories too)."""
+def _clear(path: str, *, for_dir: bool = False) -> None:
+    """Make room for a new entry. A directory stays for a directory (the kernel merges them);
+    for anything else it goes if it is empty (the kernel's rmdir), else OSError says why."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
+    elif not for_dir:
+        os.rmdir(path)
 
 
 class _FileData:
@@ -138,17 +163,30 @@ class _Writer:
             return None
         if not _matches(rel, self.patterns):
             return None
+        if rel == MANIFEST:
+            self.report.skipped.append({"name": m.name, "segment": segment, "why": "the name of bootlab's manifest"})
+            return None
         if not self.dirs.ensure_parent(rel):
             self.report.skipped.append({"name": m.name, "segment": segment,
                                         "why": "would be written through a symlink"})
             return None
-        target = f"{self.root}/{rel}"
+        try:
+            return self._create(segment, m, rel, f"{self.root}/{rel}")
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.ENAMETOOLONG):
+                raise
+            # A non-empty directory where the archive puts something else (the kernel's rmdir
+            # fails there too), or a name this filesystem cannot hold: that entry only.
+            self.report.skipped.append({"name": m.name, "segment": segment, "why": e.strerror})
+            return None
+
+    def _create(self, segment: int, m: Member, rel: str, target: str) -> DataSink | None:
         kind = m.kind
         sink: DataSink | None = None
         if kind is not Kind.DIR:
             self.dirs.forget(rel)
         if kind is Kind.DIR:
-            _clear(target)
+            _clear(target, for_dir=True)
             try:
                 os.mkdir(target, 0o755)
             except FileExistsError:
@@ -159,7 +197,7 @@ class _Writer:
             key = (segment, m.devmajor, m.devminor, m.ino)
             first = self.links.get(key) if m.nlink > 1 else None
             _clear(target)
-            if first is not None and os.path.exists(first):
+            if first is not None and _is_file(first):  # (a later entry may have replaced it)
                 os.link(first, target)
                 # Data on the last link (GNU cpio) reaches every name; no data leaves the inode as it is.
                 sink = _FileData(target, m, create=False) if m.size else None
@@ -171,11 +209,19 @@ class _Writer:
                 sink.close()
                 sink = None
         elif kind is Kind.SYMLINK:
+            if not m.link or "\0" in m.link:
+                self.report.skipped.append({"name": m.name, "segment": segment,
+                                            "why": "a symlink with an empty target or a NUL byte in it"})
+                return None
             _clear(target)
-            os.symlink(m.link or "", target)
+            os.symlink(m.link, target)
             os.utime(target, (m.mtime, m.mtime), follow_symlinks=False)
         elif kind in (Kind.CHAR, Kind.BLOCK, Kind.FIFO, Kind.SOCKET):
             _clear(target)
+            if m.rdevmajor > 0xFFF or m.rdevminor > 0xFFFFF:  # what Linux's dev_t holds
+                self.report.skipped.append({"name": m.name, "segment": segment,
+                                            "why": f"device number {m.rdevmajor}:{m.rdevminor} out of range"})
+                return None
             try:
                 os.mknod(target, m.mode, os.makedev(m.rdevmajor, m.rdevminor))
                 os.utime(target, (m.mtime, m.mtime))
@@ -197,9 +243,17 @@ class _Writer:
         report = self.report
         if report.not_applied or report.skipped:
             manifest = {"not_applied": report.not_applied, "skipped": report.skipped}
-            Path(self.root, MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+            # A new file renamed into place: a symlink or fifo of that name (in a DIR that held
+            # files) is replaced, never written through or waited on.
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".bootlab-manifest.")
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(manifest, indent=1) + "\n")
+            os.chmod(tmp, 0o644 & ~_umask())
+            os.replace(tmp, f"{self.root}/{MANIFEST}")
         # Directory modes last: a read-only directory must still receive its contents first.
         for path, mode, mtime in reversed(self.dir_modes):
+            if not _is_dir(path):  # replaced by a later entry
+                continue
             os.chmod(path, mode)
             os.utime(path, (mtime, mtime))
         return report

@@ -18,10 +18,10 @@ FORMAT_VERSION = "guest-initramfs-v1"
 
 def source_date_epoch() -> int:
     """Timestamps in built images: $SOURCE_DATE_EPOCH, or 0, so builds are reproducible."""
-    try:
-        return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    except ValueError:
-        return 0
+    value = os.environ.get("SOURCE_DATE_EPOCH") or "0"
+    if not value.isdigit() or int(value) > 2**32 - 1:  # (what cpio's and ext4's time fields hold)
+        raise BadInput(f"SOURCE_DATE_EPOCH={value!r}: expected whole seconds since 1970, before 2106")
+    return int(value)
 
 
 @dataclass

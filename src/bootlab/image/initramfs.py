@@ -152,6 +152,8 @@ def map_image(path: str | os.PathLike[str]) -> memoryview:
         raise BadInput(f"{path}: is a directory") from None
     except PermissionError:
         raise BadInput(f"{path}: permission denied") from None
+    except OSError as e:  # a symlink loop, a socket, a name too long ...
+        raise BadInput(f"{path}: cannot read: {e.strerror}") from None
 
 
 def load(path: str | os.PathLike[str]) -> list[Segment]:
