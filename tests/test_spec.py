@@ -149,3 +149,13 @@ def test_a_tree_whose_entries_vanish_while_it_is_read() -> None:
     """/proc/self/fd lists the descriptor os.walk reads it with, gone by the time it is looked at."""
     entries = spec_mod.host_tree(Path("/proc/self/fd"), "fd")
     assert all(e.path.startswith("fd/") for e in entries)
+
+
+def test_a_double_slash_is_the_root_too(tmp_path: Path) -> None:
+    """POSIX lets '//' be a root of its own; PurePosixPath keeps it as a part, and a tree at
+    '//' once became names like '///a'."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t/a").write_text("a")
+    s = load(tmp_path, '[[tree]]\nsource = "t"\npath = "//"\n[[dir]]\npath = "//x//y/"\n')
+    names = {e.path for e in s.entries}
+    assert {"a", "x/y"} <= names and not any(n.startswith("/") for n in names)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from bootlab import cache
 from bootlab.errors import BadInput
@@ -22,7 +22,7 @@ def parse_add(value: str) -> tuple[Path, str]:
     target = guest if sep and guest else str(path.resolve())
     if not target.startswith("/"):
         raise BadInput(f"--add {value!r}: the guest path must be absolute")
-    parts = [p for p in PurePosixPath(target).parts if p not in ("/", ".")]
+    parts = [p for p in target.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise BadInput(f"--add {value!r}: the guest path may not contain '..'")
     if not parts and not path.is_dir():

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +244,8 @@ class _Writer:
             manifest = {"not_applied": report.not_applied, "skipped": report.skipped}
             # A new file renamed into place: a symlink or fifo of that name (in a DIR that held
             # files) is replaced, never written through or waited on.
+            import tempfile  # (only now: most extractions write no manifest)
+
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".bootlab-manifest.")
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(manifest, indent=1) + "\n")

@@ -28,7 +28,7 @@ import os
 import stat
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from bootlab.errors import BadInput
@@ -92,7 +92,7 @@ def _int(table: dict[str, Any], key: str, where: str, default: int = 0, limit: i
 
 def _guest_path(value: Any, where: str, *, root: bool = False) -> str:
     """A guest path as the tree names it ("etc/hostname"); "" for "/" itself where `root` allows it."""
-    parts = [p for p in PurePosixPath(value).parts if p not in ("/", ".")] if isinstance(value, str) else []
+    parts = [p for p in value.split("/") if p not in ("", ".")] if isinstance(value, str) else []
     if not parts and not (root and isinstance(value, str)):
         raise BadInput(f"{where}: path must be a non-empty string like \"/etc/hostname\"")
     if ".." in parts:
