@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bootlab.errors import BadInput
+from bootlab.errors import BadInput, BootlabError
 from bootlab.image import cpio
 from bootlab.image.entry import Entry, Kind, file, symlink
 from bootlab.image.extract import MANIFEST, extract, safe_name
@@ -288,5 +288,16 @@ def test_device_numbers_beyond_dev_t_are_skipped(tmp_path: Path) -> None:
     head = cpio.header(ino=1, mode=0o020600, uid=0, gid=0, nlink=1, mtime=0, filesize=0, name=b"c",
                        rdevmajor=0xFFFFFFFF, rdevminor=0xFFFFFFFF)
     data = head + cpio.header(ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, filesize=0, name=b"TRAILER!!!")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/c").write_text("already here")
     report = extract(data, tmp_path / "d")
     assert [s["why"] for s in report.skipped] == ["device number 4294967295:4294967295 out of range"]
+    assert (tmp_path / "d/c").read_text() == "already here"  # a skipped entry removes nothing
+
+
+def test_a_directory_where_the_manifest_goes_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    dest = tmp_path / "d"
+    (dest / MANIFEST).mkdir(parents=True)
+    with pytest.raises(BootlabError, match=f"Is a directory \\({dest}/{MANIFEST}\\)$"):
+        extract(_members((b"../esc", 0o100644, b"x", 1, 1)), dest)
+    assert [p.name for p in dest.iterdir()] == [MANIFEST]

@@ -216,11 +216,11 @@ class _Writer:
             os.symlink(m.link, target)
             os.utime(target, (m.mtime, m.mtime), follow_symlinks=False)
         elif kind in (Kind.CHAR, Kind.BLOCK, Kind.FIFO, Kind.SOCKET):
-            _clear(target)
             if m.rdevmajor > 0xFFF or m.rdevminor > 0xFFFFF:  # what Linux's dev_t holds
                 self.report.skipped.append({"name": m.name, "segment": segment,
                                             "why": f"device number {m.rdevmajor}:{m.rdevminor} out of range"})
                 return None
+            _clear(target)
             try:
                 os.mknod(target, m.mode, os.makedev(m.rdevmajor, m.rdevminor))
                 os.utime(target, (m.mtime, m.mtime))
@@ -247,10 +247,17 @@ class _Writer:
             import tempfile  # (only now: most extractions write no manifest)
 
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".bootlab-manifest.")
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(manifest, indent=1) + "\n")
-            os.chmod(tmp, 0o644 & ~_umask())
-            os.replace(tmp, f"{self.root}/{MANIFEST}")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(manifest, indent=1) + "\n")
+                os.chmod(tmp, 0o644 & ~_umask())
+                os.replace(tmp, f"{self.root}/{MANIFEST}")
+            except OSError as e:  # a directory of that name in DIR: say which, not our temporary
+                os.unlink(tmp)
+                raise OSError(e.errno, e.strerror, f"{self.root}/{MANIFEST}") from None
+            except BaseException:
+                os.unlink(tmp)
+                raise
         # Directory modes last: a read-only directory must still receive its contents first.
         for path, mode, mtime in reversed(self.dir_modes):
             if not _is_dir(path):  # replaced by a later entry
