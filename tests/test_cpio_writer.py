@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bootlab.errors import BadInput
 from bootlab.image import cpio
 from bootlab.image.entry import Entry, Kind, Tree, char_device, directory, file, symlink
 
@@ -102,3 +103,14 @@ def test_tree_symlink_replacing_a_directory_moves_its_children() -> None:
     assert by["usr/bin/busybox"].read() == b"bb" and by["usr/bin/sh"].target == "busybox"
     assert by["usr/bin/ls"].read() == b"ls"
     assert not any(p.startswith("bin/") for p in by)
+
+
+@pytest.mark.parametrize("entries", [
+    [Entry("link", Kind.FILE, 0o644, hardlink_of="missing")],
+    [directory("d"), Entry("link", Kind.FILE, 0o644, hardlink_of="d")],
+    [file("a", b"x"), Entry("b", Kind.FILE, 0o644, hardlink_of="a"), Entry("c", Kind.FILE, 0o644, hardlink_of="b")],
+])
+def test_a_hard_link_needs_a_file_to_link_to(entries: list[Entry]) -> None:
+    """A lone link to a missing target or to a directory used to become an empty file."""
+    with pytest.raises(BadInput, match="hard link .*: not a file in the archive"):
+        cpio.write(io.BytesIO(), entries)

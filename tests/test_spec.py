@@ -94,6 +94,7 @@ path = "/run/pipe"
     ("init_file = '/dev/zero'", "not a regular file"),
     ("[[dir]]\npath = '/x'\nmode = true\n", "out of range"),
     ("busybox = 5", "busybox must be true, false or the path"),
+    ("[[hardlink]]\npath = '/h'\ntarget = '/h'\n", "a hard link to itself"),  # was an empty file
 ])
 def test_bad_specs_are_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "host.txt").write_text("not a program")

@@ -13,6 +13,7 @@ import stat
 import struct
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, NamedTuple, Protocol
 
+from bootlab.errors import BadInput
 from bootlab.image.kind import Kind
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ def write(out: BinaryIO, entries: Iterable["Entry"], *, first_ino: int = 1) -> i
         if e.kind is Kind.FILE:
             groups.setdefault(e.hardlink_of or e.path, []).append(e)
     for target, names in groups.items():
-        if len(names) > 1 and not any(n.path == target for n in names):
-            raise ValueError(f"hard link to {target!r}, which is not in the archive")
+        if any(n.hardlink_of for n in names) and not any(n.path == target and not n.hardlink_of for n in names):
+            link = next(n.path for n in names if n.hardlink_of)
+            raise BadInput(f"hard link {link!r} to {target!r}: not a file in the archive")
     group_ino: dict[str, int] = {}
     seen: dict[str, int] = {}
     written = 0

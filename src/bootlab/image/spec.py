@@ -216,7 +216,10 @@ def _table_entries(kind: str, t: dict[str, Any], where: str, base: Path) -> list
             raise BadInput(f"{where}: target must be a non-empty string (without NUL bytes)")
         return [Entry(path, Kind.SYMLINK, 0o777, target=t["target"], **owner)]
     if kind == "hardlink":
-        return [Entry(path, Kind.FILE, 0o644, hardlink_of=_guest_path(t.get("target"), where))]
+        target = _guest_path(t.get("target"), where)
+        if target == path:
+            raise BadInput(f"{where}: a hard link to itself")
+        return [Entry(path, Kind.FILE, 0o644, hardlink_of=target)]
     if kind == "device":
         dtype = t.get("type")
         if dtype not in ("char", "block"):
