@@ -56,12 +56,6 @@ def _is_dir(path: str) -> bool:
         return False
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _matches(name: str, patterns: list[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase("/" + name, p)
                                for p in patterns)
@@ -241,23 +235,16 @@ class _Writer:
     def finish(self) -> Report:
         report = self.report
         if report.not_applied or report.skipped:
-            manifest = {"not_applied": report.not_applied, "skipped": report.skipped}
+            text = json.dumps({"not_applied": report.not_applied, "skipped": report.skipped}, indent=1) + "\n"
             # A new file renamed into place: a symlink or fifo of that name (in a DIR that held
             # files) is replaced, never written through or waited on.
-            import tempfile  # (only now: most extractions write no manifest)
+            from bootlab import cache  # (only now: most extractions write no manifest)
 
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".bootlab-manifest.")
+            manifest = Path(self.root, MANIFEST)
             try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps(manifest, indent=1) + "\n")
-                os.chmod(tmp, 0o644 & ~_umask())
-                os.replace(tmp, f"{self.root}/{MANIFEST}")
+                cache.atomic_write(manifest, lambda tmp: tmp.write_text(text), mode=0o644)
             except OSError as e:  # a directory of that name in DIR: say which, not our temporary
-                os.unlink(tmp)
-                raise OSError(e.errno, e.strerror, f"{self.root}/{MANIFEST}") from None
-            except BaseException:
-                os.unlink(tmp)
-                raise
+                raise OSError(e.errno, e.strerror, str(manifest)) from None
         # Directory modes last: a read-only directory must still receive its contents first.
         for path, mode, mtime in reversed(self.dir_modes):
             if not _is_dir(path):  # replaced by a later entry
