@@ -68,3 +68,12 @@ def test_bad_rootfs_input_leaves_nothing(tmp_path: Path, args: list[str], messag
     assert r.returncode == 2
     assert message in r.stderr.decode() and len(r.stderr.decode().strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_spec_is_not_its_own_output(tmp_path: Path) -> None:
+    """`rootfs build spec.toml -o spec.toml` overwrote the spec with the image."""
+    spec = tmp_path / "root.toml"
+    spec.write_text(SPEC)
+    r = bootlab_cli("rootfs", "build", str(spec), "-o", str(spec))
+    assert r.returncode == 2 and b"that is the spec itself" in r.stderr
+    assert spec.read_text() == SPEC and [p.name for p in tmp_path.iterdir()] == ["root.toml"]

@@ -277,8 +277,6 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     if action == "build":
         from bootlab.image import build, spec
 
-        if args.output.resolve() == args.spec.resolve():
-            raise BadInput(f"-o {args.output}: that is the spec itself")
         out = build.build(spec.load(args.spec), args.output, algorithm=args.compress, early=args.early)
         _err(f"wrote {out} ({out.stat().st_size} bytes)")
         return 0
@@ -331,12 +329,13 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
 
     if args.rootfs_command is None:
         raise BadInput("rootfs: say what to do: build or debootstrap (see --help)")
+    from bootlab.image import build
+
     size = parse_size(args.size)
     out: Path = args.output
-    if out.is_dir() or not out.parent.is_dir():
-        raise BadInput(f"-o {out}: {'is a directory' if out.is_dir() else f'directory {out.parent} does not exist'}")
+    build.check_output(out, getattr(args, "source", None))
     if args.rootfs_command == "build":
-        from bootlab.image import build, spec
+        from bootlab.image import spec
         from bootlab.image.entry import Tree
 
         src: Path = args.source

@@ -146,15 +146,23 @@ def early_entries(source: Path) -> list[Entry]:
     return resolve(spec)
 
 
+def check_output(out: Path, *inputs: Path | None) -> None:
+    """Refuse an output path before any work: a directory, a missing parent directory, or one
+    of the input files (the image would overwrite the spec it was built from)."""
+    if out.is_dir():
+        raise BadInput(f"-o {out}: is a directory")
+    if not out.parent.is_dir():
+        raise BadInput(f"-o {out}: directory {out.parent} does not exist")
+    if any(p is not None and p.is_file() and p.resolve() == out.resolve() for p in inputs):
+        raise BadInput(f"-o {out}: that is the spec itself")
+
+
 def build(spec: Spec, out: Path, *, algorithm: str | None = None, early: Path | None = None,
           extra_modules: list[str] | None = None) -> Path:
+    check_output(out, spec.source, early)
     algorithm = algorithm or spec.compress or "gzip"
     check_compression(algorithm, kernel_info(spec) if (spec.kernel or spec.release) else KernelInfo(None, None))
     entries = resolve(spec, extra_modules=extra_modules)
     early_data = archive(early_entries(early), "none") if early is not None else b""
     body = archive(entries, algorithm)
-    if out.is_dir():
-        raise BadInput(f"-o {out}: is a directory")
-    if not out.parent.is_dir():
-        raise BadInput(f"-o {out}: directory {out.parent} does not exist")
     return cache.atomic_write(out, lambda tmp: tmp.write_bytes(early_data + body), mode=0o644)
