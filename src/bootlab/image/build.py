@@ -17,7 +17,7 @@ from bootlab.errors import BadInput
 from bootlab.image import compress as codecs
 from bootlab.image import cpio
 from bootlab.image.entry import Entry, Kind, Tree, file, host_file
-from bootlab.image.guest import source_date_epoch
+from bootlab.image.guest import module_entry, plain_module_name, source_date_epoch
 from bootlab.image.spec import Spec, host_tree, parse
 from bootlab.kernel.modules import ModuleIndex, module_name
 
@@ -65,8 +65,6 @@ def module_entries(names: list[str], modules_root: Path, release: str) -> list[E
     """The modules and their dependencies, uncompressed (see guest.module_entry), plus
     modules.dep and modules.alias regenerated for this subset so that modprobe inside finds
     exactly what is there."""
-    from bootlab.image.guest import module_entry, plain_module_name
-
     idx = ModuleIndex.load(modules_root)
     paths = idx.closure(names)
     base = f"lib/modules/{release}"
