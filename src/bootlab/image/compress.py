@@ -98,8 +98,8 @@ def _decode_chunks(name: str, decoder: _Decoder, view: memoryview, sink: Sink) -
 
 
 def _library_errors() -> tuple[type[Exception], ...]:
-    """What the decoders raise on bad data. Called only once an exception is under way, so
-    zstandard is imported here only if it is already in use."""
+    """What the decoders raise on bad data. Evaluated only once an exception is under way, so
+    a successful read never pays for importing lzma and zstandard here."""
     import lzma
 
     import zstandard
