@@ -127,6 +127,15 @@ class Member(NamedTuple):
 
 
 _FIELDS = struct.Struct(">13I")
+
+
+def _hex_fields(text: bytes) -> tuple[int, ...]:
+    """The thirteen 8-digit hex fields after the magic; ValueError unless all are hex digits.
+    (bytes.fromhex skips spaces, which leaves too few bytes: struct.error, turned into ValueError.)"""
+    try:
+        return _FIELDS.unpack(bytes.fromhex(text.decode("ascii")))
+    except struct.error as e:
+        raise ValueError(str(e)) from None
 _KINDS = {k.type_bits: k for k in Kind}
 
 
@@ -148,8 +157,8 @@ def read_archive(buf: bytes | memoryview, offset: int = 0) -> tuple[list[Member]
                 raise CpioError(f"offset {pos}: an old-format cpio header; the kernel reads only newc (070701)")
             raise CpioError(f"offset {pos}: bad cpio magic {magic!r} (expected 070701)")
         try:
-            fields = _FIELDS.unpack(bytes.fromhex(head[6:].decode("ascii")))
-        except (ValueError, UnicodeDecodeError, struct.error):  # (fromhex skips spaces: too few bytes)
+            fields = _hex_fields(head[6:])
+        except ValueError:
             raise CpioError(f"offset {pos}: header fields are not hexadecimal") from None
         (ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor, rdevmajor, rdevminor,
          namesize, _check) = fields
@@ -257,8 +266,8 @@ class StreamParser:
             what = "junk after the cpio trailer" if self._archives and not self._in_archive else f"bad cpio magic {magic!r}"
             raise CpioError(f"{what} at offset {at}")
         try:
-            return _FIELDS.unpack(bytes.fromhex(bytes(head[6:HEADER_SIZE]).decode("ascii")))
-        except (ValueError, UnicodeDecodeError, struct.error):  # (fromhex skips spaces: too few bytes)
+            return _hex_fields(bytes(head[6:HEADER_SIZE]))
+        except ValueError:
             raise CpioError(f"header fields at offset {at} are not hexadecimal") from None
 
     def _length(self, fields: tuple[int, ...], at: int) -> int:
