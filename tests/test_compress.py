@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import lz4.block
 import lzo
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bootlab.image import libzstd
 from bootlab.image.compress import (
     ALGORITHMS, CODECS, KERNEL_CONFIG, CorruptData, compress, decompress_chunks, decompress_stream,
     detect, zstd_frame_length,
@@ -54,16 +56,30 @@ def chunked(algorithm: str, buf: bytes | bytearray | memoryview, offset: int = 0
     return b"".join(parts), end
 
 
+def chunked_without_libzstd(algorithm: str, buf: bytes | bytearray | memoryview,
+                            offset: int = 0) -> tuple[bytes, int]:
+    """decompress_chunks as it runs where libzstd.so.1 cannot be loaded (zstandard decodes)."""
+    with mock.patch.object(libzstd, "library", lambda: None):
+        return chunked(algorithm, buf, offset)
+
+
 def both(algorithm: str, buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[bytes, int]:
-    """decompress_stream, checked against decompress_chunks (the reader of `ls` and `extract`):
-    the same data and end, or CorruptData from both."""
+    """decompress_stream, checked against decompress_chunks (the reader of `ls` and `extract`)
+    and, for zstd, against decompress_chunks without libzstd: the same data and end, or
+    CorruptData from all, with the same message from both chunked readers."""
+    readers = [chunked] + ([chunked_without_libzstd] if algorithm == "zstd" else [])
     try:
         whole = decompress_stream(algorithm, buf, offset)
     except CorruptData:
-        with pytest.raises(CorruptData):
-            chunked(algorithm, buf, offset)
+        messages = set()
+        for read in readers:
+            with pytest.raises(CorruptData) as info:
+                read(algorithm, buf, offset)
+            messages.add(str(info.value))
+        assert len(messages) == 1, messages
         raise
-    assert chunked(algorithm, buf, offset) == whole
+    for read in readers:
+        assert read(algorithm, buf, offset) == whole
     return whole
 
 
@@ -368,6 +384,47 @@ def test_zstd_frame_length_refuses_what_is_not_a_whole_frame() -> None:
     reserved[4] |= 0x08
     with pytest.raises(CorruptData, match="reserved bit"):
         zstd_frame_length(memoryview(bytes(reserved)))
+
+
+def test_libzstd_is_found() -> None:
+    """The quick reader is the one tested and timed: scripts/ensure-deps installs zstd, whose
+    libzstd1 provides libzstd.so.1."""
+    assert libzstd.library() is not None
+
+
+def test_libzstd_decodes_into_the_buffers_it_is_given() -> None:
+    """Pieces fill each buffer (as readahead's pool hands them out), and an empty buffer stops
+    the decoding: readahead's way of telling a worker that the reader gave up."""
+    lib = libzstd.library()
+    assert lib is not None
+    packed = memoryview(compress("zstd", BIG))
+    pool = [bytearray(MIB), bytearray(MIB - 1)]
+    handed: list[bytearray] = []
+    parts: list[bytes] = []
+
+    def buffers() -> bytearray:
+        handed.append(pool[len(handed) % 2])
+        return handed[-1]
+
+    def sink(piece: memoryview) -> None:
+        assert piece.obj is handed[-1]
+        parts.append(bytes(piece))
+
+    libzstd.decode_frame(lib, packed, sink, buffers)
+    assert b"".join(parts) == BIG
+    assert all(len(p) in (MIB, MIB - 1) for p in parts[:-1])
+    parts.clear()
+    libzstd.decode_frame(lib, packed, parts.append, lambda: bytearray(0))
+    assert parts == []
+
+
+def test_libzstd_reads_a_writable_buffer_in_place_and_leaves_it_as_it_was() -> None:
+    """map_image maps files copy-on-write so that ctypes can take the address; nothing must be
+    written through it."""
+    packed = bytearray(compress("zstd", SAMPLE))
+    before = bytes(packed)
+    assert chunked("zstd", packed) == (SAMPLE, len(packed))
+    assert packed == before
 
 
 # --- detect -----------------------------------------------------------------------------------

@@ -143,8 +143,10 @@ def map_image(path: str | os.PathLike[str]) -> memoryview:
             st = os.fstat(f.fileno())
             if stat.S_ISREG(st.st_mode) and st.st_size:
                 # Never closed explicitly: slices of it may live on in a traceback; the mapping
-                # goes with its last reference (readers keep no pointer into it).
-                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+                # goes with its last reference (readers keep no pointer into it). Copy-on-write
+                # rather than read-only, because ctypes takes the address of writable memory
+                # only (libzstd); nothing writes to it.
+                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
             return memoryview(f.read())
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
