@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
+from bootlab.lean import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from bootlab.vm.vm import VM, RunResult
 
 __all__ = ["VM", "RunResult", "BootlabError", "BadInput", "Timeout", "VMFailed"]

@@ -10,13 +10,15 @@ import re
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Sequence
 
 from bootlab import __version__
 from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
+from bootlab.lean import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
+    from typing import Any
 
     from bootlab.image.entry import Entry
     from bootlab.vm.machine import Disk

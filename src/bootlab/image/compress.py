@@ -19,13 +19,13 @@ Each compressor uses its command-line tool's default level, and writes no timest
 so output is reproducible.
 """
 
-# Annotations are evaluated here (no `from __future__ import annotations`): typing.NamedTuple
-# compiles each string annotation, and for Member, Segment and Codec that was 3 ms of
-# `initramfs ls`.
+from __future__ import annotations
 
 import struct
 import zlib
-from typing import Callable, NamedTuple, Protocol
+from collections.abc import Callable
+
+from bootlab.lean import TYPE_CHECKING, Record
 
 # bz2, lzma, lz4, lzo and zstandard are imported where used: listing a zstd initrd should not
 # pay for loading the other libraries (start-up is a fifth of `initramfs ls`).
@@ -55,14 +55,16 @@ PIECE = 1 << 20  # a piece of output: large enough to amortise a call, small eno
 # liblzma would otherwise allocate whatever dictionary a (possibly corrupt) header asks for.
 _LZMA_MEMLIMIT = 1 << 30
 
+if TYPE_CHECKING:  # (typing is not imported on the way to `initramfs ls`: see bootlab.lean)
+    from typing import Protocol
 
-class _Decoder(Protocol):
-    """What zlib, bz2, lzma and zstandard decompression objects have in common."""
+    class _Decoder(Protocol):
+        """What zlib, bz2, lzma and zstandard decompression objects have in common."""
 
-    eof: bool
-    unused_data: bytes
+        eof: bool
+        unused_data: bytes
 
-    def decompress(self, data: Buffer) -> bytes: ...
+        def decompress(self, data: Buffer) -> bytes: ...
 
 
 def _decode_one(name: str, decoder: _Decoder, view: memoryview) -> tuple[bytes, int]:
@@ -393,7 +395,7 @@ def _lzo_decompress(view: memoryview) -> tuple[bytes, int]:
 # --- the table ------------------------------------------------------------------------------
 
 
-class Codec(NamedTuple):
+class Codec(Record):
     """One algorithm: the bytes that identify it, and how to write and read one stream."""
 
     name: str

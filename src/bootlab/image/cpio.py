@@ -4,20 +4,28 @@ Each member is a 110-byte ASCII header of thirteen 8-digit hex fields, the NUL-t
 padded to a 4-byte boundary, then the data padded to 4 bytes. "TRAILER!!!" ends an archive.
 """
 
-# Annotations are evaluated here (no `from __future__ import annotations`): typing.NamedTuple
-# compiles each string annotation, and for Member, Segment and Codec that was 3 ms of
-# `initramfs ls`.
+from __future__ import annotations
 
 import os
 import stat
 import struct
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, NamedTuple, Protocol
+from collections.abc import Callable, Iterable
 
 from bootlab.errors import BadInput
 from bootlab.image.kind import Kind
+from bootlab.lean import TYPE_CHECKING, Record
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (typing is not imported on the way to `initramfs ls`: see bootlab.lean)
+    from typing import BinaryIO, Protocol
+
     from bootlab.image.entry import Entry
+
+    class DataSink(Protocol):
+        """Where a member's data goes while it streams past (extraction writes it to a file)."""
+
+        def write(self, piece: memoryview) -> None: ...
+
+        def close(self) -> None: ...
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
@@ -40,7 +48,7 @@ def header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, f
     return head + _pad(len(head))
 
 
-def write(out: BinaryIO, entries: Iterable["Entry"], *, first_ino: int = 1) -> int:
+def write(out: BinaryIO, entries: Iterable[Entry], *, first_ino: int = 1) -> int:
     """Write entries and a trailer; returns bytes written. Inode numbers are sequential.
 
     Hard links (entries with `hardlink_of`) share their target's inode number; as GNU cpio does,
@@ -95,7 +103,7 @@ class CpioError(ValueError):
     """A malformed archive; the message names what and where, in one line."""
 
 
-class Member(NamedTuple):
+class Member(Record):
     """One parsed header, with where its data lies in the (decompressed) buffer.
 
     A named tuple rather than a dataclass: a listing makes thousands, and reading an archive
@@ -181,14 +189,6 @@ def read_archive(buf: bytes | memoryview, offset: int = 0) -> tuple[list[Member]
         members.append(Member(name, ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor,
                               rdevmajor, rdevminor, pos, data_offset, link))
         pos = data_offset + size + (-size % 4)
-
-
-class DataSink(Protocol):
-    """Where a member's data goes while it streams past (extraction writes it to a file)."""
-
-    def write(self, piece: memoryview) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class StreamParser:

@@ -18,11 +18,15 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bootlab.errors import BadInput, BootlabError
-from bootlab.image.cpio import DataSink, Member
+from bootlab.image.cpio import Member
 from bootlab.image.entry import Kind
 from bootlab.image.initramfs import read_segments
+
+if TYPE_CHECKING:
+    from bootlab.image.cpio import DataSink
 
 MANIFEST = ".bootlab-manifest.json"
 

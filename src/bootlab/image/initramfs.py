@@ -5,16 +5,13 @@ compressed cpio archives. `cpio -i` stops after the first; the kernel does not, 
 Between segments the kernel skips NUL padding; anything else it cannot read is an error.
 """
 
-# Annotations are evaluated here (no `from __future__ import annotations`): typing.NamedTuple
-# compiles each string annotation, and for Member, Segment and Codec that was 3 ms of
-# `initramfs ls`.
+from __future__ import annotations
 
 import mmap
 import os
 import stat
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
 
 from bootlab.errors import BadInput
 from bootlab.image import compress
@@ -22,15 +19,20 @@ from bootlab.image.cpio import (
     MAGIC,
     MAGIC_CRC,
     CpioError,
-    DataSink,
     Member,
     StreamParser,
     read_archive,
     skip_nuls,
 )
+from bootlab.lean import TYPE_CHECKING, Record
+
+if TYPE_CHECKING:
+    from bootlab.image.cpio import DataSink
+
+    Visitor = Callable[[int, Member], DataSink | None]
 
 
-class Segment(NamedTuple):
+class Segment(Record):
     number: int  # 0 for the first (`index` would hide tuple.index)
     offset: int  # where it starts in the file
     end: int  # where it ends in the file
@@ -57,9 +59,6 @@ def _archives(data: bytes | memoryview) -> list[Member]:
             raise CpioError(f"junk at offset {pos} after the cpio trailer")
         got, pos = read_archive(view, pos)
         members.extend(got)
-
-
-Visitor = Callable[[int, Member], DataSink | None]
 
 
 def read_segments(data: bytes | memoryview, *, keep_data: bool = True,

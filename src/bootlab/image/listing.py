@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import stat
 import time
-from typing import Any
 
 from bootlab.image.cpio import Member
 from bootlab.image.initramfs import Segment
 from bootlab.image.kind import Kind
+from bootlab.lean import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def link_target(seg: Segment, m: Member) -> str | None:
