@@ -49,7 +49,29 @@ def test_two_disks_in_order_without_root(tmp_path: Path) -> None:
     assert r.stdout.split() == [b"32768", b"98304", b"1"]
 
 
+def to_qcow2(img: Path) -> Path:
+    out = img.with_suffix(".qcow2")
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(img), str(out)], check=True)
+    return out
+
+
+@pytest.mark.vm
+def test_a_qcow2_root_boots_and_keeps_its_writes(tmp_path: Path) -> None:
+    qcow2 = to_qcow2(make_root(tmp_path))
+    r = bootlab_cli("run", "--disk", f"{qcow2},format=qcow2", "--root", "/dev/vda", "--rootfstype", "ext4",
+                    "--", "sh", "-c", "cat /etc/os-release; echo kept > /etc/note")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"disk root.img\n"
+    back = tmp_path / "back.img"
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(qcow2), str(back)], check=True)
+    listing = subprocess.run(["debugfs", "-R", "cat /etc/note", str(back)], capture_output=True, check=True)
+    assert listing.stdout == b"kept\n"
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--disk", "QCOW2"], "a qcow2 image; attach it with ,format=qcow2"),  # the guest could write over it
+    (["--disk", "DISK,format=qcow2"], "not a qcow2 image"),
+    (["--disk", "QCOW2,format=qcow2", "--root", "/dev/vda"], "give the filesystem of a qcow2 disk with --rootfstype"),
     (["--disk", "/no/such.img"], "no such image file"),
     (["--root", "/dev/vda"], "attach the disk"),
     (["--disk", "DISK", "--root", "/dev/sda"], "expected a virtio disk"),
@@ -60,7 +82,8 @@ def test_two_disks_in_order_without_root(tmp_path: Path) -> None:
 def test_bad_disk_usage_is_status_2(tmp_path: Path, args: list[str], message: str) -> None:
     disk = tmp_path / "d.img"
     disk.write_bytes(b"\0" * 4096)
-    args = [a.replace("NOTFS", str(disk)).replace("DISK", str(disk)) for a in args]
+    qcow2 = to_qcow2(disk) if any("QCOW2" in a for a in args) else None
+    args = [a.replace("NOTFS", str(disk)).replace("DISK", str(disk)).replace("QCOW2", str(qcow2)) for a in args]
     r = bootlab_cli("run", *args, "--", "true")
     assert r.returncode == 2, r.stderr
     assert message in r.stderr.decode() and len(r.stderr.decode().strip().splitlines()) == 1

@@ -206,6 +206,27 @@ def test_one_segment_out_of_range_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("state", ["absent", "empty", "full"])
+def test_a_pattern_that_selects_nothing_is_bad_input_and_writes_nothing(tmp_path: Path, state: str) -> None:
+    """As tar says "Not found in archive"; a typo would otherwise extract nothing in silence.
+    The other pattern does match (in segment 1), so its files were written, then taken back."""
+    image = _image(("none", [file("etc/a", b"a")]), ("gzip", [file("usr/b", b"b"), file("usr/c", b"c")]))
+    dest = tmp_path / "dest"
+    if state != "absent":
+        dest.mkdir()
+    if state == "full":
+        (dest / "mine").write_bytes(b"keep")
+    with pytest.raises(BadInput, match=r"^no entry matches 'ur/\*'; nothing was extracted"):
+        extract(image, dest, ["usr/*", "ur/*"])
+    with pytest.raises(BadInput, match=r"^no entry of segment 1 matches 'etc/\*', '/etc/a'"):
+        extract(image, dest, ["/usr/b", "etc/*", "/etc/a"], segment=1)
+    assert (sorted(p.name for p in dest.iterdir()) == (["mine"] if state == "full" else [])
+            if state != "absent" else not dest.exists())
+    extract(image, dest, ["/usr/b", "etc/*"])  # a leading / matches too
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.name != "mine") == [
+        "etc", "etc/a", "usr", "usr/b"]
+
+
 def test_a_failed_write_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     """A file-size limit stands in for a full disk: the big file's write fails (EFBIG)."""
     import resource

@@ -177,6 +177,14 @@ def test_bad_spec_leaves_no_output(tmp_path: Path, text: str, message: str) -> N
     assert not out.exists() and list(tmp_path.iterdir()) == [spec]
 
 
+def test_an_empty_compress_is_refused_not_gzip(tmp_path: Path) -> None:
+    spec = tmp_path / "s.toml"
+    spec.write_text("[[file]]\npath = '/a'\ncontent = 'a'\n")
+    r = bootlab_cli("initramfs", "build", str(spec), "-o", str(tmp_path / "o"), "--compress", "")
+    assert r.returncode == 2 and r.stderr.decode().startswith("bootlab: error: unknown compression ''")
+    assert not (tmp_path / "o").exists()
+
+
 def test_compression_the_kernel_lacks_is_refused(tmp_path: Path) -> None:
     (tmp_path / "vmlinuz-9.9.9-test").write_bytes(Path(sorted(Path("/boot").glob("vmlinuz-*"))[-1]).read_bytes())
     (tmp_path / "config-9.9.9-test").write_text("CONFIG_RD_GZIP=y\n# CONFIG_RD_LZ4 is not set\n")

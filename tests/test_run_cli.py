@@ -120,6 +120,16 @@ def test_dry_run_prints_the_qemu_argv() -> None:
     assert line.startswith("qemu-system-x86_64 ") and "-kernel" in line and "-initrd" in line
 
 
+def test_dry_run_prints_a_path_that_is_not_utf8_as_its_bytes(tmp_path: Path) -> None:
+    """Under a strict UTF-8 stdout (a UTF-8 locale), printing the name was a traceback."""
+    share = os.path.join(os.fsencode(tmp_path), b"d\xff")
+    os.mkdir(share)
+    r = bootlab_cli("run", "--dry-run", "--share", os.fsdecode(share) + ":/mnt", "--", "true",
+                    env={"PYTHONIOENCODING": "utf-8:strict"})
+    assert r.returncode == 0, r.stderr
+    assert b"path=" + share + b"," in r.stdout and r.stdout.endswith(b"\n")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_signal_to_bootlab_mid_boot_leaves_no_qemu(tmp_path: Path, sig: int) -> None:
     log = tmp_path / f"sig{sig}.log"

@@ -44,6 +44,8 @@ def test_host_root_runs_host_programs_and_keeps_the_host_untouched(tmp_path: Pat
     (["--share", "/tmp:relative"], "must be absolute"),
     (["--share", "/tmp:/a b"], "without spaces"),
     (["--share", "/tmp,fast"], "unknown option"),
+    (["--share", "/tmp:/"], "cannot replace the guest's root"),  # was accepted, and mounted nowhere
+    (["--share", "/tmp://."], "cannot replace the guest's root"),
     (["--host-root", "--disk", "/etc/hostname", "--root", "/dev/vda"], "pick one"),
 ])
 def test_bad_share_usage_is_status_2(args: list[str], message: str) -> None:

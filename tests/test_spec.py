@@ -95,6 +95,9 @@ path = "/run/pipe"
     ("[[dir]]\npath = '/x'\nmode = true\n", "out of range"),
     ("busybox = 5", "busybox must be true, false or the path"),
     ("[[hardlink]]\npath = '/h'\ntarget = '/h'\n", "a hard link to itself"),  # was an empty file
+    ("compress = ''", "compress must be a non-empty string"),  # meant gzip
+    ("compress = 4", "compress must be a non-empty string"),
+    ("release = 6.1", "release must be a non-empty string"),  # meant "6.1"
 ])
 def test_bad_specs_are_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "host.txt").write_text("not a program")

@@ -72,6 +72,14 @@ def _path(value: str) -> Path:
     return Path(value)
 
 
+def _output(value: str) -> Path:
+    """-o: the file to write. pathlib drops a trailing slash, which would turn `-o new/` (a
+    directory meant) into a file named `new`."""
+    if value.endswith("/"):
+        raise argparse.ArgumentTypeError(f"{value!r} names a directory; give the file to write")
+    return _path(value)
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """argparse's formatter (examples keep their lines), given the terminal's width. Left to find
     the width itself, argparse imports shutil, which imports bz2 and lzma: 3 ms of every command."""
@@ -190,7 +198,7 @@ def _add_rootfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     rb = _action(rsub, "build", "an ext4 image from a directory or a spec (owners, modes, nodes exact)",
                  ["bootlab rootfs build mytree/ -o root.img", "bootlab rootfs build spec.toml -o root.img --size 256M"])
     rb.add_argument("source", type=_path, metavar="SRC", help="a directory, or a TOML spec (see the README)")
-    rb.add_argument("-o", "--output", type=_path, required=True, metavar="IMG")
+    rb.add_argument("-o", "--output", type=_output, required=True, metavar="IMG")
     rb.add_argument("--size", default="auto", metavar="SIZE", help="e.g. 512M, 2G, or auto (default)")
     rb.add_argument("--label", metavar="LABEL", help="filesystem label")
     rb.add_argument("--keep-owners", action="store_true",
@@ -199,7 +207,7 @@ def _add_rootfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                  ["bootlab rootfs debootstrap bookworm -o debian.img --include openssh-server",
                   "bootlab rootfs debootstrap bookworm --arch aarch64 -o arm64.img"])
     rd.add_argument("suite", metavar="SUITE", help="e.g. bookworm")
-    rd.add_argument("-o", "--output", type=_path, required=True, metavar="IMG")
+    rd.add_argument("-o", "--output", type=_output, required=True, metavar="IMG")
     rd.add_argument("--variant", default="minbase", help="minbase (default), buildd, important, standard")
     rd.add_argument("--include", default="", metavar="PKG,...", help="more packages, comma-separated")
     rd.add_argument("--size", default="auto", metavar="SIZE", help="e.g. 2G, or auto (default)")
@@ -256,14 +264,14 @@ def _add_initramfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     xt.add_argument("file", metavar="FILE")
     xt.add_argument("-C", "--directory", type=_path, required=True, metavar="DIR", help="destination")
     xt.add_argument("--segment", type=int, metavar="N", help="only segment N (see examine)")
-    xt.add_argument("patterns", nargs="*", metavar="PATTERN", help="only names matching these globs")
+    xt.add_argument("patterns", nargs="*", metavar="PATTERN", help="only names matching these globs (each must match something)")
     bd = _action(isub, "build", "build an initramfs from a TOML spec, rootless and reproducible",
                  ["bootlab initramfs build spec.toml -o initrd.img",
                   "bootlab initramfs build spec.toml -o initrd.img --compress zstd --early microcode/"],
                  description="Build an initramfs from a TOML spec (see the README for the format). "
                              "SOURCE_DATE_EPOCH (default 0) makes the output byte-identical.")
     bd.add_argument("spec", type=_path, metavar="SPEC")
-    bd.add_argument("-o", "--output", type=_path, required=True, metavar="OUT")
+    bd.add_argument("-o", "--output", type=_output, required=True, metavar="OUT")
     bd.add_argument("--compress", metavar="ALG",
                     help="none, gzip, bzip2, lzma, xz, lzo, lz4 or zstd (default: the spec's, else gzip)")
     bd.add_argument("--early", type=_path, metavar="SPEC_OR_DIR",
@@ -408,8 +416,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             initrd=initrd, extra_entries=extra, disks=[_disk(d) for d in args.disk],
             root=args.root, rootfstype=args.rootfstype, shares=[_share(v) for v in args.share],
             host_root=args.host_root, arch=args.arch, net=args.net, ssh_port=args.ssh)
-    if args.dry_run:
-        print(shlex.join(vm.machine().argv()))
+    if args.dry_run:  # (a path's bytes as they are, whatever the encoding of stdout)
+        sys.stdout.buffer.write(os.fsencode(shlex.join(vm.machine().argv())) + b"\n")
         return 0
     if not cmd:
         return _interactive(vm, args.timeout)

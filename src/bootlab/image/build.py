@@ -158,7 +158,7 @@ def check_output(out: Path, *inputs: Path | None) -> None:
 def build(spec: Spec, out: Path, *, algorithm: str | None = None, early: Path | None = None,
           extra_modules: list[str] | None = None) -> Path:
     check_output(out, spec.source, early)
-    algorithm = algorithm or spec.compress or "gzip"
+    algorithm = (spec.compress or "gzip") if algorithm is None else algorithm
     check_compression(algorithm, kernel_info(spec) if (spec.kernel or spec.release) else KernelInfo(None, None))
     entries = resolve(spec, extra_modules=extra_modules)
     early_data = archive(early_entries(early), "none") if early is not None else b""

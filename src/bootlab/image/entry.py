@@ -113,6 +113,8 @@ class Tree:
         resolved = self.resolve(entry.path)
         if resolved != entry.path and resolved:
             entry = replace(entry, path=resolved)
+        if entry.hardlink_of and (target := self.resolve(entry.hardlink_of)) not in (entry.hardlink_of, ""):
+            entry = replace(entry, hardlink_of=target)  # (the first name went through the same links)
         old = self.entries.get(entry.path)
         if entry.kind is Kind.SYMLINK and old is not None and old.kind is Kind.DIR:
             # A link replacing a directory (bin -> usr/bin on merged /usr): what was under the

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from bootlab.errors import BadInput, BootlabError
 from bootlab.image.cpio import Member
 from bootlab.image.entry import Kind
-from bootlab.image.initramfs import read_segments
+from bootlab.image.initramfs import Segment, read_segments
 
 if TYPE_CHECKING:
     from bootlab.image.cpio import DataSink
@@ -60,9 +60,23 @@ def _is_dir(path: str) -> bool:
         return False
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
-    return not patterns or any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase("/" + name, p)
-                               for p in patterns)
+def _matching(name: str, patterns: list[str]) -> list[str]:
+    """The patterns that select `name` (relative, as safe_name gives it); "/etc/*" works too."""
+    return [p for p in patterns if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase("/" + name, p)]
+
+
+def _check_selection(segments: list[Segment], patterns: list[str], segment: int | None) -> None:
+    """--segment must exist, and each PATTERN must select something in it: one that selects
+    nothing is a mistake (a typo, a leading `./`), which tar reports too."""
+    if segment is not None and not 0 <= segment < len(segments):
+        raise BadInput(f"--segment {segment}: the image has segments 0 to {len(segments) - 1}")
+    matched = {p for s in segments if segment in (None, s.number) for m in s.members
+               if (rel := safe_name(m.name)) is not None for p in _matching(rel, patterns)}
+    missing = [p for p in patterns if p not in matched]
+    if missing:
+        raise BadInput(f"no entry{'' if segment is None else f' of segment {segment}'} matches "
+                       f"{', '.join(map(repr, missing))}; nothing was extracted "
+                       f"(`bootlab initramfs ls` shows the names)")
 
 
 class _Dirs:
@@ -158,7 +172,7 @@ class _Writer:
         if rel is None:
             self.report.skipped.append({"name": m.name, "segment": segment, "why": "escapes the destination"})
             return None
-        if not _matches(rel, self.patterns):
+        if self.patterns and not _matching(rel, self.patterns):
             return None
         if rel == MANIFEST:
             self.report.skipped.append({"name": m.name, "segment": segment, "why": "the name of bootlab's manifest"})
@@ -263,9 +277,9 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
     """Write the members of every segment of `image` (in order, later ones win, like the kernel),
     or of `segment` only, under dest, writing each file as it is decompressed.
 
-    A bad image (BadInput) leaves dest as it was: if dest did not exist or was empty, what was
-    written is removed again; if it held files, the image is first read through once without
-    writing anything. A failed write (a full disk) is a BootlabError, cleaned up the same way."""
+    A bad image or a PATTERN that selects nothing (BadInput) leaves dest as it was: if dest did
+    not exist or was empty, what was written is removed again; if it held files, the image is
+    first read through once without writing anything. A failed write (a full disk) is a BootlabError, cleaned up the same way."""
     created = _first_missing(dest)
     if created is None and not dest.is_dir():
         raise BadInput(f"-C {dest}: not a directory")
@@ -275,7 +289,8 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
     elif _is_empty(dest):
         undo = lambda: _empty(dest)
     else:
-        read_segments(image, keep_data=False)  # raises BadInput before anything is written
+        # raises BadInput before anything is written
+        _check_selection(read_segments(image, keep_data=False), patterns or [], segment)
         undo = lambda: None
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -287,9 +302,7 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
         return writer.member(index, m) if segment in (None, index) else None
 
     try:
-        segments = read_segments(image, keep_data=False, visit=visit)
-        if segment is not None and not 0 <= segment < len(segments):
-            raise BadInput(f"--segment {segment}: the image has segments 0 to {len(segments) - 1}")
+        _check_selection(read_segments(image, keep_data=False, visit=visit), patterns or [], segment)
         return writer.finish()
     except OSError as e:
         undo()

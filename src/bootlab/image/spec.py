@@ -162,14 +162,17 @@ def parse(doc: dict[str, Any], path: Path, *, defaults: bool = True) -> Spec:
     spec.binaries = list(doc.get("binaries", []))
     if "kernel" in doc:
         spec.kernel = _host(base, doc["kernel"], "kernel")
+    for key in ("release", "compress"):
+        if key in doc and (not isinstance(doc[key], str) or not doc[key]):
+            raise BadInput(f"{path}: {key} must be a non-empty string")
     if "release" in doc:
-        spec.release = str(doc["release"])
+        spec.release = doc["release"]
     if "modules_dir" in doc:
         spec.modules_dir = _host(base, doc["modules_dir"], "modules_dir")
     if "sysroot" in doc:
         spec.sysroot = _host(base, doc["sysroot"], "sysroot")
     if "compress" in doc:
-        spec.compress = str(doc["compress"])
+        spec.compress = doc["compress"]
 
     for kind, allowed in TABLE_KEYS.items():
         tables = doc.get(kind, [])
@@ -232,8 +235,10 @@ def _table_entries(kind: str, t: dict[str, Any], where: str, base: Path) -> list
 
 def host_tree(src: Path, dest: str, *, keep_owners: bool = False) -> list[Entry]:
     """A host directory as entries under `dest`; owners become root unless keep_owners (a user's
-    files would otherwise carry their uid into the guest)."""
+    files would otherwise carry their uid into the guest). Files hard-linked to each other stay
+    one inode: the later names are links to the first."""
     out: list[Entry] = []
+    first_name: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) of a file with links -> its guest path
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, src)
@@ -251,10 +256,16 @@ def host_tree(src: Path, dest: str, *, keep_owners: bool = False) -> list[Entry]
                 out.append(symlink(guest, os.readlink(host)))
             elif stat.S_ISDIR(st.st_mode):
                 out.append(directory(guest, mode))
+            elif stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in first_name:
+                out.append(Entry(guest, Kind.FILE, mode, hardlink_of=first_name[st.st_dev, st.st_ino]))
             elif stat.S_ISREG(st.st_mode):
                 out.append(Entry(guest, Kind.FILE, mode, source=host))
+                if st.st_nlink > 1:
+                    first_name[st.st_dev, st.st_ino] = guest
             elif stat.S_ISFIFO(st.st_mode):
                 out.append(Entry(guest, Kind.FIFO, mode))
+            elif stat.S_ISSOCK(st.st_mode):
+                out.append(Entry(guest, Kind.SOCKET, mode))
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 kind = Kind.CHAR if stat.S_ISCHR(st.st_mode) else Kind.BLOCK
                 out.append(Entry(guest, kind, mode, rdev=(os.major(st.st_rdev), os.minor(st.st_rdev))))

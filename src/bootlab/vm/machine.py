@@ -15,6 +15,9 @@ def _opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
+QCOW2_MAGIC = b"QFI\xfb"  # the first bytes of a qcow2 image
+
+
 @dataclass(frozen=True)
 class Disk:
     """A host image attached as a virtio block device (/dev/vda, /dev/vdb ... in order)."""

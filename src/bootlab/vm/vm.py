@@ -28,7 +28,7 @@ from bootlab.kernel.modules import ModuleIndex
 from bootlab.vm import accel as accel_mod
 from bootlab.vm import arch as arch_mod
 from bootlab.vm.agent_build import agent_binary
-from bootlab.vm.machine import Disk, Machine, Share
+from bootlab.vm.machine import QCOW2_MAGIC, Disk, Machine, Share
 from bootlab.vm.protocol import STDIN_CHUNK, Channel, Frame, T, decode_exec_error, decode_exit, encode, encode_exec
 from bootlab.vm.session import Session
 
@@ -224,6 +224,13 @@ class VM:
                 raise BadInput(f"--disk {d.path}: no such image file")
             if not os.access(d.path, os.R_OK | (0 if d.readonly else os.W_OK)):
                 raise BadInput(f"--disk {d.path}: permission denied{'' if d.readonly else ' (add ,ro to attach it read-only)'}")
+            with open(d.path, "rb") as f:
+                qcow2 = f.read(4) == QCOW2_MAGIC
+            # A qcow2 file attached as raw shows the guest its container, which a write corrupts.
+            if qcow2 and d.format == "raw":
+                raise BadInput(f"--disk {d.path}: a qcow2 image; attach it with ,format=qcow2")
+            if not qcow2 and d.format == "qcow2":
+                raise BadInput(f"--disk {d.path},format=qcow2: not a qcow2 image (drop format=qcow2 for a raw one)")
         if self.root is not None:
             if not self.disks:
                 raise BadInput(f"--root {self.root}: attach the disk with --disk IMG")
@@ -248,6 +255,9 @@ class VM:
             if not target.startswith("/") or re.search(r"[\s,:]", target) or ".." in target.split("/"):
                 raise BadInput(f"--share {host}:{target}: the guest path must be absolute, "
                                "without spaces, commas, colons or '..'")
+            if not target.strip("/."):  # "/", "//", "/." (once it was mounted nowhere, silently)
+                raise BadInput(f"--share {host}:{target}: cannot replace the guest's root; share it at "
+                               "a directory below / (--host-root boots the host's / as the root)")
 
     def _root_disk(self) -> Disk | None:
         if self.root is None:
@@ -261,6 +271,8 @@ class VM:
             return self.rootfstype
         disk = self._root_disk()
         assert disk is not None  # _check_disks ran first
+        if disk.format == "qcow2":  # (its superblock is somewhere inside the container)
+            raise BadInput(f"--root {self.root}: give the filesystem of a qcow2 disk with --rootfstype, e.g. ext4")
         with open(disk.path, "rb") as f:
             f.seek(1080)
             magic = f.read(2)
