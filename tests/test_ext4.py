@@ -233,3 +233,25 @@ def test_parse_size(text: str, size: int | None) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(BadInput, match="bad size"):
         parse_size(text)
+
+
+def test_staging_keeps_a_sparse_file_sparse(tmp_path: Path) -> None:
+    """A 256 MiB file with 5 bytes of data was staged as 256 MiB of written zeros."""
+    import hashlib
+
+    from bootlab.image import ext4
+
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as f:
+        f.seek(100_000)
+        f.write(b"mid")
+        f.seek((256 << 20) - 2)
+        f.write(b"nd")
+    staged = tmp_path / "staged"
+    assert ext4._copy(host_file("sparse", sparse), staged, hashlib.sha256()) == 256 << 20
+    assert staged.stat().st_size == 256 << 20 and staged.stat().st_blocks * 512 <= 1 << 20
+    assert filecmp.cmp(sparse, staged, shallow=False)
+    tail = tmp_path / "zeros-at-the-end"
+    tail.write_bytes(b"x" + bytes(200_000))
+    ext4._copy(host_file("tail", tail), staged.with_name("tail"), hashlib.sha256())
+    assert staged.with_name("tail").read_bytes() == tail.read_bytes()

@@ -45,6 +45,8 @@ def test_hostile_archive_stays_inside(tmp_path: Path) -> None:
         ("link", 0o120777, str(outside).encode()),  # a symlink pointing out ...
         ("link/pwned", 0o100644, b"no"),            # ... and a file written through it
         ("ok/file", 0o100644, b"yes"),
+        ("..", 0o40755, b""), ("./../", 0o40755, b""),  # the parent itself: was ignored, unrecorded
+        (".", 0o40700, b""), ("./", 0o40700, b""),  # the destination itself: its mode stays
     ])
     report = extract(data, dest)
     assert list(outside.iterdir()) == []
@@ -53,7 +55,9 @@ def test_hostile_archive_stays_inside(tmp_path: Path) -> None:
     assert (dest / "ok/file").read_bytes() == b"yes"
     assert os.readlink(dest / "link") == str(outside)  # the link itself is kept, as data
     whys = {s["name"]: s["why"] for s in report.skipped}
-    assert whys == {"../escape": "escapes the destination", "link/pwned": "would be written through a symlink"}
+    assert whys == {"../escape": "escapes the destination", "link/pwned": "would be written through a symlink",
+                    "..": "escapes the destination", "./../": "escapes the destination"}
+    assert oct(dest.stat().st_mode & 0o777) != oct(0o700)
     assert json.loads((dest / MANIFEST).read_text())["skipped"]
 
 

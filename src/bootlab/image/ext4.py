@@ -226,6 +226,10 @@ def _stage(layout: _Layout, root: Path, label: str | None, size: int | None) -> 
     layout.digest = h.digest()
 
 
+_HOLE = 64 << 10  # zero runs of this size, aligned, are left as holes when staging
+_ZEROS = bytes(_HOLE)
+
+
 def _copy(e: Entry, dest: Path, h: hashlib._Hash) -> int:
     """Write the file's content to staging, hashing it on the way; returns its size."""
     content = hashlib.sha256()
@@ -238,12 +242,16 @@ def _copy(e: Entry, dest: Path, h: hashlib._Hash) -> int:
         else:
             try:
                 with open(e.source, "rb") as src:
-                    while chunk := src.read(MiB):
+                    while chunk := src.read(_HOLE):
                         content.update(chunk)
-                        f.write(chunk)
+                        if chunk == _ZEROS[:len(chunk)]:
+                            f.seek(len(chunk), os.SEEK_CUR)  # a hole: a sparse file stays sparse
+                        else:
+                            f.write(chunk)
             except OSError as err:
                 raise BadInput(f"{e.source}: cannot read ({err.strerror})") from None
         n = f.tell()
+        f.truncate(n)  # (a hole at the end is not there until the size is set)
     h.update(content.digest())
     return n
 

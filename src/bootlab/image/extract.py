@@ -167,7 +167,7 @@ class _Writer:
     def member(self, segment: int, m: Member) -> DataSink | None:
         """Create m; for a regular file with data, return where its data is to be written."""
         rel = safe_name(m.name)
-        if rel is None and m.name.strip("./") == "":
+        if rel is None and set(m.name.split("/")) <= {"", "."}:
             return None  # "." is the destination itself: its mode stays the user's
         if rel is None:
             self.report.skipped.append({"name": m.name, "segment": segment, "why": "escapes the destination"})
