@@ -63,6 +63,17 @@ def test_stdin_closed_early_by_the_command(vm: bootlab.VM) -> None:
     assert vm.run(["true"]).ok
 
 
+def test_stdin_to_a_slow_reader_arrives_whole_and_in_order(vm: bootlab.VM) -> None:
+    """The agent writes each stdin frame straight into the command's pipe and keeps only what
+    does not fit: a reader that sleeps first leaves the pipe full, so frames are split."""
+    import hashlib
+    import random
+
+    data = random.Random(5).randbytes(6 << 20)
+    r = vm.run(["sh", "-c", "sleep 1; md5sum"], input=data)
+    assert r.ok and r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
+
+
 def test_missing_guest_file_is_an_error(vm: bootlab.VM) -> None:
     with pytest.raises(bootlab.BootlabError, match="no-such-file"):
         vm.get("/no-such-file")

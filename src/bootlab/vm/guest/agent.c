@@ -541,6 +541,7 @@ static void start_job(uint32_t id, const char *p, uint32_t len)
 		return;
 	}
 	fcntl(pout[0], F_SETPIPE_SZ, 1 << 20);
+	fcntl(pin[1], F_SETPIPE_SZ, 1 << 20); /* a whole stdin frame fits: fewer wakeups of both sides */
 	pid_t pid = fork();
 	if (pid == 0) {
 		if (!(flags & EXEC_STDIN)) {
@@ -624,11 +625,26 @@ static void on_stdin(uint32_t id, const char *data, uint32_t len)
 			close_fd(&job.in);
 		return;
 	}
-	job.pending = malloc(len);
-	memcpy(job.pending, data, len);
-	job.pending_len = len;
+	/* Straight from the frame while the pipe takes it; only what it cannot take now is kept. */
+	uint32_t off = 0;
+	while (off < len) {
+		ssize_t n = write(job.in, data + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			break;
+		if (n < 0) { /* the child closed its stdin: drop the rest, like a pipe would */
+			close_fd(&job.in);
+			return;
+		}
+		off += n;
+	}
+	if (off == len)
+		return;
+	job.pending = malloc(len - off);
+	memcpy(job.pending, data + off, len - off);
+	job.pending_len = len - off;
 	job.pending_off = 0;
-	feed_stdin();
 }
 
 /* Move what the pipe holds now to the host; returns 0 at EOF. */
