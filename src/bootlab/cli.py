@@ -264,7 +264,8 @@ def _add_initramfs(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     xt.add_argument("file", metavar="FILE")
     xt.add_argument("-C", "--directory", type=_path, required=True, metavar="DIR", help="destination")
     xt.add_argument("--segment", type=int, metavar="N", help="only segment N (see examine)")
-    xt.add_argument("patterns", nargs="*", metavar="PATTERN", help="only names matching these globs (each must match something)")
+    xt.add_argument("patterns", nargs="*", metavar="PATTERN",
+                    help="only names matching these globs (each must match something)")
     bd = _action(isub, "build", "build an initramfs from a TOML spec, rootless and reproducible",
                  ["bootlab initramfs build spec.toml -o initrd.img",
                   "bootlab initramfs build spec.toml -o initrd.img --compress zstd --early microcode/"],

@@ -70,6 +70,8 @@ def _check_selection(segments: list[Segment], patterns: list[str], segment: int 
     nothing is a mistake (a typo, a leading `./`), which tar reports too."""
     if segment is not None and not 0 <= segment < len(segments):
         raise BadInput(f"--segment {segment}: the image has segments 0 to {len(segments) - 1}")
+    if not patterns:
+        return
     matched = {p for s in segments if segment in (None, s.number) for m in s.members
                if (rel := safe_name(m.name)) is not None for p in _matching(rel, patterns)}
     missing = [p for p in patterns if p not in matched]
@@ -279,7 +281,8 @@ def extract(image: bytes | memoryview, dest: Path, patterns: list[str] | None = 
 
     A bad image or a PATTERN that selects nothing (BadInput) leaves dest as it was: if dest did
     not exist or was empty, what was written is removed again; if it held files, the image is
-    first read through once without writing anything. A failed write (a full disk) is a BootlabError, cleaned up the same way."""
+    first read through once without writing anything. A failed write (a full disk) is a
+    BootlabError, cleaned up the same way."""
     created = _first_missing(dest)
     if created is None and not dest.is_dir():
         raise BadInput(f"-C {dest}: not a directory")

@@ -4,7 +4,8 @@ Reading a zstd initrd is almost all decoding, and `initramfs ls` is decoding plu
 Measured on Debian's initrd (31 MB, 126 MB unpacked): Debian's libzstd.so.1 decodes it in
 4 ms less than the zstandard package's bundled copy, and loading ctypes and the library takes
 3 ms less than importing zstandard (which imports platform and typing). zstandard still writes
-our zstd segments, and decodes wherever libzstd.so.1 cannot be loaded.
+our zstd segments and decodes whole ones in one call (compress.decompress_stream); it also
+reads piece by piece wherever libzstd.so.1 cannot be loaded.
 """
 
 from __future__ import annotations

@@ -255,7 +255,7 @@ class VM:
             if not target.startswith("/") or re.search(r"[\s,:]", target) or ".." in target.split("/"):
                 raise BadInput(f"--share {host}:{target}: the guest path must be absolute, "
                                "without spaces, commas, colons or '..'")
-            if not target.strip("/."):  # "/", "//", "/." (once it was mounted nowhere, silently)
+            if set(target.split("/")) <= {"", "."}:  # "/", "//", "/." (once mounted nowhere, silently)
                 raise BadInput(f"--share {host}:{target}: cannot replace the guest's root; share it at "
                                "a directory below / (--host-root boots the host's / as the root)")
 
