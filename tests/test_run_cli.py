@@ -120,6 +120,23 @@ def test_dry_run_prints_the_qemu_argv() -> None:
     assert line.startswith("qemu-system-x86_64 ") and "-kernel" in line and "-initrd" in line
 
 
+@pytest.mark.vm
+def test_too_little_memory_is_named_when_the_kernel_says_nothing() -> None:
+    """With -m 48M the VM stopped at once, console empty, and all we said was that the agent
+    never started; with 64M it hangs until the timeout, as silently."""
+    r = bootlab_cli("run", "-m", "48M", "--timeout", "60", "--", "true")
+    assert r.returncode == 125, r.stderr
+    assert "the kernel printed nothing, and -m 48M may be too little memory" in r.stderr.decode()
+
+
+def test_memory_sizes_as_qemu_reads_them() -> None:
+    from bootlab.vm.vm import _mebibytes
+
+    assert [_mebibytes(s) for s in ("48M", "65536K", "2G", "1T", "96")] == [48, 64, 2048, 1 << 20, 96]
+    assert bootlab_cli("run", "-m", "0", "--dry-run", "--", "true").returncode == 2
+    assert bootlab_cli("run", "-m", "00G", "--dry-run", "--", "true").returncode == 2
+
+
 def test_dry_run_prints_a_path_that_is_not_utf8_as_its_bytes(tmp_path: Path) -> None:
     """Under a strict UTF-8 stdout (a UTF-8 locale), printing the name was a traceback."""
     share = os.path.join(os.fsencode(tmp_path), b"d\xff")

@@ -43,7 +43,8 @@ QEMU error: the reason is printed); 126 not executable; 127 not found; 2 bad usa
 
 
 def _memory(value: str) -> str:
-    if not re.fullmatch(r"\d+[KMGT]?", value, re.IGNORECASE):
+    size = re.fullmatch(r"(\d+)[KMGT]?", value, re.IGNORECASE)
+    if size is None or not int(size.group(1)):
         raise argparse.ArgumentTypeError(f"{value!r} is not a size like 512M or 2G")
     return value.upper()
 

@@ -85,6 +85,19 @@ def _sink(target: Sink, collected: list[bytes]) -> Callable[[bytes], object]:
     return write
 
 
+SMALL_MEMORY_MIB = 128  # below this, a silent kernel is probably short of memory
+
+
+def _mebibytes(size: str) -> float:
+    """QEMU's -m value in MiB: a number with an optional K, M, G or T suffix (M if none)."""
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1 << 20}
+    unit = size[-1:].upper()
+    try:
+        return float(size[:-1]) * scale[unit] if unit in scale else float(size)
+    except ValueError:
+        return float("inf")  # (not ours to judge here; QEMU says what is wrong with it)
+
+
 def new_console_log() -> Path:
     """A fresh console log file under the cache; old ones beyond LOGS_KEPT are removed."""
     logs = cache.root() / "logs"
@@ -340,8 +353,8 @@ class VM:
         if not self._ready.is_set():
             if time.monotonic() > deadline and not self._dead.is_set() and self._session.wait(0) is None:
                 self.close()
-                raise Timeout(f"the guest did not answer within {self.boot_timeout:g} s "
-                              f"(console log: {self.console_log})")
+                raise Timeout(f"the guest did not answer within {self.boot_timeout:g} s"
+                              f"{self._memory_hint()} (console log: {self.console_log})")
             self._fail("the VM stopped before its agent started")
         self.boot_seconds = time.monotonic() - t0
         return self
@@ -397,8 +410,20 @@ class VM:
         elif qemu_error:
             reason = f"QEMU: {qemu_error}"
         else:
-            reason = what
+            reason = what + self._memory_hint()
         raise VMFailed(f"{reason} (console log: {self.console_log})", self.console_log, outcome)
+
+    def _memory_hint(self) -> str:
+        """A kernel given too little memory stops or hangs before printing a line (Debian's,
+        with bootlab's initramfs, needs about 96 MiB): say so when that is what it looks like."""
+        try:
+            silent = not self.console_log.read_bytes().strip()
+        except OSError:
+            silent = True
+        if silent and _mebibytes(self.memory) < SMALL_MEMORY_MIB:
+            return (f"; the kernel printed nothing, and -m {self.memory} may be too little memory "
+                    f"for it and its initramfs (try -m 256M)")
+        return ""
 
     def console_outcome(self) -> "Outcome":
         """What the console log says about how the boot went."""
