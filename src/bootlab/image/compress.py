@@ -61,8 +61,11 @@ if TYPE_CHECKING:  # (typing is not imported on the way to `initramfs ls`: see b
     class _Decoder(Protocol):
         """What zlib, bz2, lzma and zstandard decompression objects have in common."""
 
-        eof: bool
-        unused_data: bytes
+        @property
+        def eof(self) -> bool: ...
+
+        @property
+        def unused_data(self) -> bytes: ...
 
         def decompress(self, data: Buffer) -> bytes: ...
 
