@@ -311,9 +311,26 @@ def test_dynamic_c_init_gets_its_libraries(tmp_path: Path) -> None:
     assert bootlab_cli("initramfs", "build", str(spec), "-o", str(img)).returncode == 0
     names = bootlab_cli("initramfs", "ls", str(img)).stdout.decode().splitlines()
     assert any(n.endswith("libc.so.6") for n in names) and "lib64" in names
+    assert not [n for n in names if n.startswith(str(tmp_path)[1:])]  # no second copy at its host path
     r = bootlab_cli("run", "--initrd", str(img), timeout=120)
     assert r.returncode == 0, r.stderr
     assert b"dynamic init ok" in r.stdout
+
+
+def test_a_program_the_spec_places_gets_its_libraries_but_no_second_copy(tmp_path: Path) -> None:
+    """The closure of a dynamic file put in by a tree or a [[file]] also copied the file itself
+    to its host path: tmp/.../tree/tool beside /tool, usr/bin/env beside /bin/myenv."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy("/usr/bin/env", tree / "tool")
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'[[tree]]\nsource = "{tree}"\npath = "/"\n'
+                    '[[file]]\npath = "/bin/myenv"\nsource = "/usr/bin/env"\nmode = 0o755\n')
+    img = tmp_path / "i.img"
+    assert bootlab_cli("initramfs", "build", str(spec), "-o", str(img), "--compress", "none").returncode == 0
+    names = bootlab_cli("initramfs", "ls", str(img)).stdout.decode().splitlines()
+    assert {"tool", "bin/myenv", "usr/lib/x86_64-linux-gnu/libc.so.6"} <= set(names)
+    assert not [n for n in names if n.startswith(str(tmp_path)[1:]) or n == "usr/bin/env"], names
 
 
 def test_names_that_are_not_utf8_go_through_as_bytes(tmp_path: Path) -> None:

@@ -46,8 +46,7 @@ def add_entries(value: str) -> list[Entry]:
         programs = [str(host.resolve())] if elf.is_dynamic(host) else []
     else:  # (a fifo would hang the build, a device be read to its end)
         raise BadInput(f"--add {value!r}: {host} is not a regular file or a directory")
-    libs = [e for e in (elf.closure(programs, Path("/")) if programs else [])
-            if not (e.source is not None and str(e.source) in programs)]
+    libs = elf.closure(programs, Path("/"), themselves=False) if programs else []
     return libs + entries
 
 

@@ -101,7 +101,7 @@ def resolve(spec: Spec, *, extra_modules: list[str] | None = None) -> list[Entry
     tree.extend(elf.closure(wanted, spec.sysroot) if wanted else [])
     for e in list(tree.entries.values()):
         if e.kind is Kind.FILE and e.source is not None and elf.is_dynamic(e.source):
-            for dep in elf.closure([str(e.source)], Path("/")):
+            for dep in elf.closure([str(e.source)], Path("/"), themselves=False):
                 if dep.path not in tree.entries and tree.resolve(dep.path) not in tree.entries:
                     tree.add(dep)
     modules = [*spec.modules, *(extra_modules or [])]

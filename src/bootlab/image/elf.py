@@ -369,13 +369,15 @@ class _Closure:
         if found.real not in self.entries:
             self.entries[found.real] = host_file(found.real, self.root.host(found.real))
 
-    def program(self, path: str, depth: int = 0) -> None:
-        """A file as the kernel would execute it: ELF with its libraries, or a #! script."""
+    def program(self, path: str, depth: int = 0, *, itself: bool = True) -> None:
+        """A file as the kernel would execute it: ELF with its libraries, or a #! script.
+        itself=False: only what it needs (the caller puts the file somewhere of its own)."""
         found = self.root.regular(path)
         if found is None:
             where = "" if self.root.sysroot == Path("/") else f" in {self.root.sysroot}"
             raise BadInput(f"{path}: no such file{where}")
-        self.add(found)
+        if itself:
+            self.add(found)
         info = self.root.info(found.real)
         if info is not None:
             self.elf(path, found, info)
@@ -481,8 +483,9 @@ class _Closure:
         return self.conf_dirs
 
 
-def closure(files: list[str], sysroot: Path = Path("/")) -> list[Entry]:
-    """Entries for `files` (guest paths inside `sysroot`), their interpreters and libraries.
+def closure(files: list[str], sysroot: Path = Path("/"), *, themselves: bool = True) -> list[Entry]:
+    """Entries for `files` (guest paths inside `sysroot`), their interpreters and libraries;
+    with themselves=False, for the interpreters and libraries only.
 
     Each symlink on the way becomes a symlink entry and each final file a file entry, so the guest
     sees the same names. When a library was found only through ld.so.conf, /etc/ld.so.cache comes
@@ -490,7 +493,7 @@ def closure(files: list[str], sysroot: Path = Path("/")) -> list[Entry]:
     """
     c = _Closure(_Root(Path(sysroot)))
     for f in files:
-        c.program(f if f.startswith("/") else f"/{f}")
+        c.program(f if f.startswith("/") else f"/{f}", itself=themselves)
     if c.wants_cache:
         cache = c.root.regular("/etc/ld.so.cache")
         if cache is not None:
