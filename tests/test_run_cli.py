@@ -137,6 +137,19 @@ def test_memory_sizes_as_qemu_reads_them() -> None:
     assert bootlab_cli("run", "-m", "00G", "--dry-run", "--", "true").returncode == 2
 
 
+@pytest.mark.vm
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_sigpipes_status() -> None:
+    """`bootlab run -- yes | head -2`: was "the VM failed: the VM stopped while the command ran",
+    exit 125, seconds later; now the command gets SIGPIPE and bootlab exits 141 saying nothing."""
+    proc = subprocess.Popen([sys.executable, "-m", "bootlab", "run", "--", "yes"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(4) == b"y\ny\n"
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert b"failed" not in proc.stderr.read()
+
+
 def test_dry_run_prints_a_path_that_is_not_utf8_as_its_bytes(tmp_path: Path) -> None:
     """Under a strict UTF-8 stdout (a UTF-8 locale), printing the name was a traceback."""
     share = os.path.join(os.fsencode(tmp_path), b"d\xff")

@@ -74,6 +74,19 @@ def test_stdin_to_a_slow_reader_arrives_whole_and_in_order(vm: bootlab.VM) -> No
     assert r.ok and r.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
 
 
+def test_a_failing_output_sink_stops_the_command_and_is_raised(vm: bootlab.VM) -> None:
+    """The sink's error is the caller's, not the VM's: the command is stopped (SIGPIPE, then
+    SIGKILL for one that ignores it) and the VM goes on."""
+    def full(data: bytes) -> None:
+        raise BrokenPipeError("the reader went away")
+
+    with pytest.raises(BrokenPipeError, match="reader went away"):
+        vm.run(["yes"], stdout=full)
+    with pytest.raises(BrokenPipeError):
+        vm.run(["sh", "-c", "trap '' PIPE; while :; do echo x; done"], stdout=full)
+    assert vm.run(["echo", "still here"]).stdout == b"still here\n"
+
+
 def test_missing_guest_file_is_an_error(vm: bootlab.VM) -> None:
     with pytest.raises(bootlab.BootlabError, match="no-such-file"):
         vm.get("/no-such-file")

@@ -558,7 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # stdout's reader has gone (`| head`): quietly, with SIGPIPE's status
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (else the flush at exit fails once more, loudly)
         return 141
     except OSError as e:
         if e.errno != errno.ENAMETOOLONG:

@@ -70,6 +70,7 @@ class _Job:
     on_stderr: Callable[[bytes], object]
     done: threading.Event = field(default_factory=threading.Event)
     frame: Frame | None = None  # the EXIT or EXEC_ERROR frame
+    sink_error: Exception | None = None  # raised by on_stdout/on_stderr (a closed pipe): run re-raises it
 
 
 def _sink(target: Sink, collected: list[bytes]) -> Callable[[bytes], object]:
@@ -389,10 +390,12 @@ class VM:
         job = self._job
         if job is None or f.id != job.id:
             return
-        if f.type == T.STDOUT:
-            job.on_stdout(f.payload)
-        elif f.type == T.STDERR:
-            job.on_stderr(f.payload)
+        if f.type in (T.STDOUT, T.STDERR):
+            if job.sink_error is None:  # (after a failure, the rest is dropped, as by a closed pipe)
+                try:
+                    (job.on_stdout if f.type == T.STDOUT else job.on_stderr)(f.payload)
+                except Exception as e:  # noqa: BLE001  (the caller's; run() raises it)
+                    job.sink_error = e
         elif f.type in (T.EXIT, T.EXEC_ERROR):
             job.frame = f
             job.done.set()
@@ -479,19 +482,40 @@ class VM:
             if input is not None:
                 threading.Thread(target=self._feed, args=(job, input), daemon=True).start()
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not job.done.wait(0.2 if deadline else None):
+            stopping: float | None = None  # when the command was told its output goes nowhere
+            while not job.done.wait(0.2):
+                if job.sink_error is not None:
+                    # Where its output went is gone (`bootlab run -- yes | head -1`): the command
+                    # gets SIGPIPE as it would here, SIGKILL if it ignores that.
+                    if stopping is None:
+                        stopping = time.monotonic()
+                        self._signal(job, signals.SIGPIPE)
+                    elif time.monotonic() - stopping > 2:
+                        self._signal(job, signals.SIGKILL)
+                        if time.monotonic() - stopping > 5:
+                            break
                 if deadline is not None and time.monotonic() > deadline:
                     self._channel.send(encode(T.SIGNAL, job.id, int(signals.SIGKILL).to_bytes(4, "little")))
                     job.done.wait(5)
                     self._job = None
                     raise Timeout(f"command {argv[0]!r} did not finish within {timeout:g} s")
             self._job = None
+            if job.sink_error is not None:
+                raise job.sink_error
             if job.frame is None:
                 self._fail("the VM stopped while the command ran")
             assert job.frame is not None
             result = self._result(job.frame, out if stdout is None else None,
                                   err if stderr is None else None)
             return result
+
+    def _signal(self, job: _Job, sig: int) -> None:
+        """Send a signal to the command's process group; not waiting long for the line."""
+        assert self._channel is not None
+        try:
+            self._channel.send(encode(T.SIGNAL, job.id, int(sig).to_bytes(4, "little")), timeout=1.0)
+        except OSError:
+            pass  # the VM is gone, or stdin holds the line: the caller gives up after a while
 
     @staticmethod
     def _result(f: Frame, out: list[bytes] | None, err: list[bytes] | None) -> RunResult:
