@@ -150,6 +150,19 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_with_sigpipes_status()
     assert b"failed" not in proc.stderr.read()
 
 
+@pytest.mark.vm
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback() -> None:
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "bootlab", "run", "--", "echo", "hi"], stdin=subprocess.DEVNULL,
+                           stdout=full, stderr=subprocess.PIPE, timeout=120)
+    assert r.returncode == 125
+    assert r.stderr == b"bootlab: error: cannot write the command's stdout here: No space left on device\n"
+    with open("/dev/full", "wb") as full:  # stderr too: nothing can be said, the status still tells
+        r = subprocess.run([sys.executable, "-m", "bootlab", "run", "--", "sh", "-c", "echo x >&2"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=full, timeout=120)
+    assert r.returncode == 125
+
+
 def test_dry_run_prints_a_path_that_is_not_utf8_as_its_bytes(tmp_path: Path) -> None:
     """Under a strict UTF-8 stdout (a UTF-8 locale), printing the name was a traceback."""
     share = os.path.join(os.fsencode(tmp_path), b"d\xff")

@@ -16,9 +16,9 @@ from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
 from bootlab.lean import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
-    from typing import Any
+    from typing import Any, BinaryIO
 
     from bootlab.image.entry import Entry
     from bootlab.vm.machine import Disk
@@ -387,7 +387,10 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
 
 def _err(message: str) -> None:
-    print(f"bootlab: {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"bootlab: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # (stderr itself is what failed: the exit status still tells)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -427,13 +430,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     with vm:
         _notice(vm, args.verbose)
         stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
-        out, err = sys.stdout.buffer, sys.stderr.buffer
+        out, err = _writer(sys.stdout.buffer, "stdout"), _writer(sys.stderr.buffer, "stderr")
         remaining = max(0.1, args.timeout - (time.monotonic() - start))
         r = vm.run(cmd, input=stdin, stdout=out, stderr=err, timeout=remaining)
     if r.exec_errno is not None:
         what = "command not found" if r.returncode == 127 else os.strerror(r.exec_errno).lower()
         _err(f"{cmd[0]}: {what} in the guest")
     return r.returncode
+
+
+def _writer(stream: BinaryIO, name: str) -> Callable[[bytes], None]:
+    """Where the command's output goes. A full disk or a failing device is one line from
+    bootlab (exit 125); a closed pipe stays BrokenPipeError, which main turns into 141."""
+    def write(data: bytes) -> None:
+        try:
+            stream.write(data)
+            stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise BootlabError(f"cannot write the command's {name} here: {e.strerror or e}") from None
+
+    return write
 
 
 def _disk(value: str) -> Disk:
