@@ -86,6 +86,16 @@ def test_listing_a_zstd_image_loads_no_more_than_it_needs(tmp_path: Path) -> Non
     assert heavy.isdisjoint(loaded), heavy & set(loaded)
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["initramfs", "ls", "IMG"], ["initramfs", "ls", "--json", "IMG"],
+                                  ["initramfs", "examine", "IMG"], ["run", "--dry-run", "--", "true"]])
+def test_output_to_a_full_device_is_one_line(multi_segment: Path, args: list[str]) -> None:
+    """`> /dev/full` was an OSError traceback (exit 1) from each of these."""
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "bootlab", *[str(multi_segment) if a == "IMG" else a for a in args]],
+                           stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert (r.returncode, r.stderr) == (125, b"bootlab: error: writing failed: No space left on device\n")
+
+
 def test_extract_patterns_may_follow_the_options(multi_segment: Path, tmp_path: Path) -> None:
     """As the README writes it: argparse alone refused PATTERNs after -C DIR."""
     for n, args in enumerate([["-C", "{d}", "--segment", "2", "etc/*"], ["etc/*", "-C", "{d}"], ["-C", "{d}", "etc/*"]]):

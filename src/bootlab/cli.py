@@ -535,11 +535,8 @@ def _interactive(vm: VM, timeout: float) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    # The modules loaded by now live until exit. Moved out of the cyclic collector's sight, they
-    # are not walked again by each full collection and the one at exit (2 ms of `initramfs ls`).
-    gc.freeze()
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _parse(argv: list[str]) -> argparse.Namespace | None:
+    """The command line, parsed; None when it names no command (the help is printed then)."""
     first = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option values
     parser = build_parser(first if first in COMMANDS else None)
     args, extra = parser.parse_known_args(argv)
@@ -551,9 +548,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.patterns += extra
     if args.command is None:
         parser.print_help()
-        return EXIT_USAGE
-    signal.signal(signal.SIGTERM, _on_sigterm)
+        return None
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # The modules loaded by now live until exit. Moved out of the cyclic collector's sight, they
+    # are not walked again by each full collection and the one at exit (2 ms of `initramfs ls`).
+    gc.freeze()
     try:
+        args = _parse(sys.argv[1:] if argv is None else list(argv))  # (--help > /dev/full: below)
+        if args is None:
+            return EXIT_USAGE
+        signal.signal(signal.SIGTERM, _on_sigterm)
         if args.command == "initramfs":
             return cmd_initramfs(args)
         if args.command == "kernel":
@@ -581,8 +588,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # (else the flush at exit fails once more, loudly)
         return 141
     except OSError as e:
+        if e.errno in _WRITE_ERRNOS and e.filename is None:  # our output: > /dev/full, a full disk
+            _err(f"error: writing failed: {e.strerror}")
+            return EXIT_FAILED
         if e.errno != errno.ENAMETOOLONG:
             raise
         name = str(e.filename)  # a path given, or one made from it
         _err(f"error: file name too long: {name if len(name) <= 80 else name[:60] + '...'}")
         return EXIT_USAGE
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
