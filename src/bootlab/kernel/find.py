@@ -55,15 +55,23 @@ def bootable(path: Path, *, prefer_pvh: bool = True) -> BootableKernel:
         no_pvh = cache.root() / "vmlinux" / f"{key}.no-pvh"
         if not pvh.exists() and not no_pvh.exists():
             elf = image.extract_vmlinux(path)
-            tmp = cache.atomic_write(pvh.with_suffix(".tmp"), lambda t: t.write_bytes(elf))
-            if _has_pvh_note(tmp):
-                tmp.rename(pvh)
-            else:
-                tmp.unlink()
+
+            def write(tmp: Path) -> None:  # (judged in atomic_write's own temporary: several
+                tmp.write_bytes(elf)       # bootlab runs may fill a cold cache at once)
+                if not _has_pvh_note(tmp):
+                    raise _NoPvh
+
+            try:
+                cache.atomic_write(pvh, write)
+            except _NoPvh:
                 cache.atomic_write(no_pvh, lambda t: t.write_bytes(b""))
         if pvh.exists():
             return BootableKernel(img, pvh, True)
     return BootableKernel(img, path, False)
+
+
+class _NoPvh(Exception):
+    """The extracted vmlinux has no PVH entry note: it is not kept."""
 
 
 def _has_pvh_note(vmlinux: Path) -> bool:
