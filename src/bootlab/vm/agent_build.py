@@ -29,7 +29,7 @@ def agent_binary(arch: Arch) -> Path:
                            f"apt-get install {'gcc libc6-dev' if arch.cc == 'cc' else 'gcc-' + arch.cc.removesuffix('-gcc') + ' libc6-dev-' + arch.debian_arch + '-cross'}")
 
     def build(tmp: Path) -> None:
-        c_file = tmp.with_suffix(".c")
+        c_file = tmp.with_name(tmp.name + ".c")  # (with_suffix would drop tmp's unique ending)
         c_file.write_bytes(src)
         try:
             r = subprocess.run([compiler, "-static", "-Os", "-s", "-o", str(tmp), str(c_file)],
