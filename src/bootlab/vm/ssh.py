@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import shutil
 import socket
 import subprocess
@@ -28,10 +29,16 @@ def ensure_key() -> Path:
     if keygen is None:
         raise BootlabError("ssh-keygen not found: apt-get install openssh-client")
     key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for p in (key, key.with_suffix(".pub")):
-        p.unlink(missing_ok=True)
-    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "bootlab", "-f", str(key)],
-                   check=True, stdin=subprocess.DEVNULL)
+    # One maker at a time: runs started together would otherwise remove each other's half-made
+    # pair, and ssh-keygen refuses to overwrite (it asks, on a stdin it does not have).
+    with open(key.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if key.exists() and key.with_suffix(".pub").exists():
+            return key  # made meanwhile by another run
+        for p in (key, key.with_suffix(".pub")):
+            p.unlink(missing_ok=True)
+        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "bootlab", "-f", str(key)],
+                       check=True, stdin=subprocess.DEVNULL)
     return key
 
 
