@@ -584,8 +584,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err("interrupted")
         return 130
     except BrokenPipeError:  # stdout's reader has gone (`| head`): quietly, with SIGPIPE's status
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # (else the flush at exit fails once more, loudly)
+        try:  # (else the flush at exit fails once more, loudly)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass  # stdout is no file of ours (the API's caller redirected it)
         return 141
     except OSError as e:
         if e.errno in _WRITE_ERRNOS and e.filename is None:  # our output: > /dev/full, a full disk
