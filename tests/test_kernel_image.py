@@ -110,3 +110,24 @@ def test_elf_kernel_with_damaged_program_headers_is_bad_input(tmp_path: Path, ke
     with pytest.raises(BadInput, match="malformed ELF"):
         image.inspect(p)
 
+
+
+def test_each_kernel_says_its_architecture(tmp_path: Path, kernel: Path) -> None:
+    assert image.inspect(kernel).arch == "x86_64"
+    assert image.inspect(bootable(kernel).boot_path).arch == "x86_64"  # the PVH ELF: by e_machine
+    arm64 = tmp_path / "Image"
+    arm64.write_bytes(bytes(0x38) + b"ARM\x64" + bytes(0x100) + b"Linux version 6.1.0-test (x) #1\n")
+    assert image.inspect(arm64).arch == "aarch64"
+
+
+def test_a_kernel_of_another_architecture_is_bad_input_before_qemu(tmp_path: Path, kernel: Path) -> None:
+    """QEMU said "linux kernel too old to load a ram disk" (arm64 Image on x86_64), or nothing
+    and the VM stopped (x86_64 bzImage on aarch64)."""
+    from bootlab.vm.vm import VM
+
+    arm64 = tmp_path / "Image"
+    arm64.write_bytes(bytes(0x38) + b"ARM\x64" + bytes(0x100) + b"Linux version 6.1.0-test (x) #1\n")
+    with pytest.raises(BadInput, match="an aarch64 kernel; boot it with --arch aarch64"):
+        VM(arm64, arch="x86_64", accel="tcg").machine()
+    with pytest.raises(BadInput, match="an x86_64 kernel; boot it with --arch x86_64"):
+        VM(kernel, arch="aarch64", accel="tcg").machine()

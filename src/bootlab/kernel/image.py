@@ -50,9 +50,23 @@ class KernelImage:
     has_pvh_note: bool = False
 
     @property
+    def arch(self) -> str | None:
+        """The architecture it runs on (bootlab's names), where the file says."""
+        if self.format is KernelFormat.BZIMAGE:
+            return "x86_64"
+        if self.format is KernelFormat.ARM64_IMAGE:
+            return "aarch64"
+        with open(self.path, "rb") as f:
+            head = f.read(20)
+        return _ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5:6] == b"\x01" else "big"))
+
+    @property
     def release(self) -> str | None:
         """The `uname -r` string: first word of the version, which names /lib/modules/<release>."""
         return self.version.split()[0] if self.version else None
+
+
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}  # e_machine: EM_X86_64, EM_AARCH64
 
 
 def inspect(path: Path) -> KernelImage:

@@ -194,6 +194,11 @@ class VM:
         # A kernel without a PVH entry boots as it is (microvm's firmware loads a bzImage too),
         # only slower: the decompressor runs under TCG.
         kernel = find.bootable(self.kernel_path, prefer_pvh=self.prefer_pvh)
+        # Another architecture's kernel: QEMU's own words are far off ("kernel too old to load
+        # a ram disk"), or it says nothing at all.
+        if kernel.image.arch not in (None, self.arch.name):
+            raise BadInput(f"kernel {self.kernel_path}: an {kernel.image.arch} kernel; "
+                           f"boot it with --arch {kernel.image.arch}")
         own_image = self.initrd is not None
         self._check_disks()
         self._check_shares()
