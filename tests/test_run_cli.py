@@ -255,6 +255,14 @@ def test_help_wraps_to_the_terminal_width(columns: str, width: int) -> None:
     assert width - 20 < max(map(len, options)) <= width
 
 
+@pytest.mark.parametrize("command", [[], ["initramfs"], ["rootfs"], ["kernel"]])
+def test_each_subcommand_has_its_help_on_its_own_line(command: list[str]) -> None:
+    """argparse measured subcommands without their indent: `initramfs`'s help went a line down."""
+    text = bootlab_cli(*command, "--help").stdout.decode()
+    listed = text.split("positional arguments:")[1].split("options:")[0].splitlines()[2:]
+    assert listed and all(len(line.split(None, 1)) == 2 for line in listed if line.strip()), listed
+
+
 def test_a_fifo_added_is_refused_not_waited_on(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

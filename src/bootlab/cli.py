@@ -88,6 +88,15 @@ class _Help(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog: str) -> None:
         super().__init__(prog, width=_columns() - 2)
 
+    def add_argument(self, action: argparse.Action) -> None:
+        # argparse measures subcommands without the indent it then prints them with, and so
+        # pushed the help of the longest (`initramfs`) onto a line of its own.
+        super().add_argument(action)
+        if action.help is not argparse.SUPPRESS and isinstance(action, argparse._SubParsersAction):
+            longest = max((len(self._format_action_invocation(a)) for a in action._get_subactions()), default=0)
+            self._action_max_length = max(self._action_max_length,
+                                          longest + self._current_indent + self._indent_increment)
+
 
 def _columns() -> int:
     """The terminal's width as shutil.get_terminal_size gives it: $COLUMNS, else stdout's
