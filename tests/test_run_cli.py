@@ -255,6 +255,13 @@ def test_help_wraps_to_the_terminal_width(columns: str, width: int) -> None:
     assert width - 20 < max(map(len, options)) <= width
 
 
+def test_descriptions_wrap_and_examples_keep_their_lines() -> None:
+    text = bootlab_cli("run", "--help", env={"COLUMNS": "60"}).stdout.decode()
+    description = text.split("\n\n")[1]
+    assert description.startswith("Boot a kernel") and max(map(len, description.splitlines())) <= 60
+    assert "\n  bootlab run -- uname -a" in text.split("examples:")[1]  # (raw, as written)
+
+
 @pytest.mark.parametrize("command", [[], ["initramfs"], ["rootfs"], ["kernel"]])
 def test_each_subcommand_has_its_help_on_its_own_line(command: list[str]) -> None:
     """argparse measured subcommands without their indent: `initramfs`'s help went a line down."""

@@ -88,6 +88,11 @@ class _Help(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog: str) -> None:
         super().__init__(prog, width=_columns() - 2)
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:  # examples: their lines as written
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)  # a description: wrapped
+
     def add_argument(self, action: argparse.Action) -> None:
         # argparse measures subcommands without the indent it then prints them with, and so
         # pushed the help of the longest (`initramfs`) onto a line of its own.
