@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bootlab import cache
 from bootlab.errors import BadInput
-from bootlab.image.entry import Entry, Kind
+from bootlab.image.entry import Entry, Kind, path_parts
 from bootlab.image.spec import Spec, host_tree
 
 
@@ -22,7 +22,7 @@ def parse_add(value: str) -> tuple[Path, str]:
     target = guest if sep and guest else str(path.resolve())
     if not target.startswith("/"):
         raise BadInput(f"--add {value!r}: the guest path must be absolute")
-    parts = [p for p in target.split("/") if p not in ("", ".")]
+    parts = path_parts(target)
     if ".." in parts:
         raise BadInput(f"--add {value!r}: the guest path may not contain '..'")
     if not parts and not path.is_dir():

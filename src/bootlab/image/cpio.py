@@ -144,6 +144,8 @@ def _hex_fields(text: bytes) -> tuple[int, ...]:
         return _FIELDS.unpack(bytes.fromhex(text.decode("ascii")))
     except struct.error as e:
         raise ValueError(str(e)) from None
+
+
 _KINDS = {k.type_bits: k for k in Kind}
 
 

@@ -23,7 +23,7 @@ from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 
 from bootlab.errors import BadInput
-from bootlab.image.entry import Entry, host_file, symlink
+from bootlab.image.entry import Entry, host_file, path_parts, symlink
 
 ELF_MAGIC = b"\x7fELF"
 MAX_SYMLINKS = 40  # like the kernel's limit on links followed in one lookup
@@ -195,7 +195,7 @@ class _Root:
         return self._walks[path]
 
     def _walk(self, path: str) -> _Found | None:
-        todo = deque(_parts(path))
+        todo = deque(path_parts(path))
         done: list[str] = []
         links: list[Entry] = []
         hops = 0
@@ -218,7 +218,7 @@ class _Root:
                 links.append(symlink(rel, target))
                 if target.startswith("/"):  # absolute targets mean the guest's root
                     done = []
-                todo.extendleft(reversed(_parts(target)))
+                todo.extendleft(reversed(path_parts(target)))
             elif todo and not stat.S_ISDIR(st.st_mode):
                 return None
             else:
@@ -250,10 +250,6 @@ class _Root:
             return []
         names = sorted(n for n in os.listdir(self.host(found.real)) if fnmatch.fnmatchcase(n, name))
         return [f"{parent.rstrip('/')}/{n}" for n in names]
-
-
-def _parts(path: str) -> list[str]:
-    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 def _guest(real: str) -> str:

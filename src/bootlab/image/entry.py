@@ -47,6 +47,12 @@ class Entry:
         return b""
 
 
+def path_parts(path: str) -> list[str]:
+    """A path's components as the kernel walks them: empty and "." ones dropped, ".." kept for
+    the caller to refuse or follow; [] for "/" (or "", "//", "/.") itself."""
+    return [p for p in path.split("/") if p not in ("", ".")]
+
+
 def directory(path: str, mode: int = 0o755) -> Entry:
     return Entry(path, Kind.DIR, mode)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from bootlab.errors import BadInput, BootlabError
 from bootlab.image.cpio import Member
-from bootlab.image.entry import Kind
+from bootlab.image.entry import Kind, path_parts
 from bootlab.image.initramfs import Segment, read_segments
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Report:
 
 def safe_name(name: str) -> str | None:
     """The archive name as a relative path inside the destination, or None if it would escape."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = path_parts(name)
     if not parts or ".." in parts or "\0" in name:
         return None
     return "/".join(parts)
@@ -169,7 +169,7 @@ class _Writer:
     def member(self, segment: int, m: Member) -> DataSink | None:
         """Create m; for a regular file with data, return where its data is to be written."""
         rel = safe_name(m.name)
-        if rel is None and set(m.name.split("/")) <= {"", "."}:
+        if rel is None and not path_parts(m.name):
             return None  # "." is the destination itself: its mode stays the user's
         if rel is None:
             self.report.skipped.append({"name": m.name, "segment": segment, "why": "escapes the destination"})

@@ -33,7 +33,7 @@ from typing import Any
 
 from bootlab.errors import BadInput
 from bootlab.image import busybox as bb
-from bootlab.image.entry import Entry, Kind, Tree, directory, file, host_file, skeleton, symlink
+from bootlab.image.entry import Entry, Kind, Tree, directory, file, host_file, path_parts, skeleton, symlink
 
 TOP_KEYS = {"compress", "busybox", "init", "init_file", "modules", "kernel", "release",
             "modules_dir", "binaries", "sysroot", "dir", "file", "tree", "symlink", "hardlink",
@@ -92,7 +92,7 @@ def _int(table: dict[str, Any], key: str, where: str, default: int = 0, limit: i
 
 def _guest_path(value: Any, where: str, *, root: bool = False) -> str:
     """A guest path as the tree names it ("etc/hostname"); "" for "/" itself where `root` allows it."""
-    parts = [p for p in value.split("/") if p not in ("", ".")] if isinstance(value, str) else []
+    parts = path_parts(value) if isinstance(value, str) else []
     if not parts and not (root and isinstance(value, str)):
         raise BadInput(f"{where}: path must be a non-empty string like \"/etc/hostname\"")
     if ".." in parts:

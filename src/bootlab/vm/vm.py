@@ -22,7 +22,7 @@ from bootlab import cache
 from bootlab.errors import BadInput, BootlabError, Timeout, VMFailed
 from bootlab.image import busybox as bb
 from bootlab.image import guest
-from bootlab.image.entry import Entry
+from bootlab.image.entry import Entry, path_parts
 from bootlab.kernel import find
 from bootlab.kernel.modules import ModuleIndex
 from bootlab.vm import accel as accel_mod
@@ -274,7 +274,7 @@ class VM:
             if not target.startswith("/") or re.search(r"[\s,:]", target) or ".." in target.split("/"):
                 raise BadInput(f"--share {host}:{target}: the guest path must be absolute, "
                                "without spaces, commas, colons or '..'")
-            if set(target.split("/")) <= {"", "."}:  # "/", "//", "/." (once mounted nowhere, silently)
+            if not path_parts(target):  # "/", "//", "/." (once mounted nowhere, silently)
                 raise BadInput(f"--share {host}:{target}: cannot replace the guest's root; share it at "
                                "a directory below / (--host-root boots the host's / as the root)")
 
@@ -488,6 +488,7 @@ class VM:
                 threading.Thread(target=self._feed, args=(job, input), daemon=True).start()
             deadline = None if timeout is None else time.monotonic() + timeout
             stopping: float | None = None  # when the command was told its output goes nowhere
+            killed = False
             while not job.done.wait(0.2):
                 if job.sink_error is not None:
                     # Where its output went is gone (`bootlab run -- yes | head -1`): the command
@@ -495,10 +496,11 @@ class VM:
                     if stopping is None:
                         stopping = time.monotonic()
                         self._signal(job, signals.SIGPIPE)
-                    elif time.monotonic() - stopping > 2:
+                    elif time.monotonic() - stopping > 5:
+                        break
+                    elif time.monotonic() - stopping > 2 and not killed:
                         self._signal(job, signals.SIGKILL)
-                        if time.monotonic() - stopping > 5:
-                            break
+                        killed = True
                 if deadline is not None and time.monotonic() > deadline:
                     self._channel.send(encode(T.SIGNAL, job.id, int(signals.SIGKILL).to_bytes(4, "little")))
                     job.done.wait(5)
